@@ -1,0 +1,255 @@
+// Driver of the CPU ternary ops: activation quantization, threading, ISA choice and the float epilogue.
+#include "ternary.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "gemm_args.h"
+
+namespace lmops {
+namespace cpu {
+
+namespace {
+
+constexpr int64_t kRowChunk = 64;  // rows of activations kept hot in L2 while a weight range streams
+
+bool cpu_has(const char* feature) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (!std::strcmp(feature, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!std::strcmp(feature, "avx512vnni"))
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#endif
+  (void)feature;
+  return false;
+}
+
+template <typename T>
+inline float to_float(T v) { return static_cast<float>(v); }
+
+// Per-row absmax quantization with the reference's float32 arithmetic:
+// s = Qp / max(max|x|, 1e-5); q = clamp(nearbyint(x * s)) (round half to even). A row holding a
+// non-finite value gets s = NaN and q = 0. `ldq` >= K; the padding columns are zero.
+template <typename T>
+void quantize_rows(const T* x, int64_t M, int64_t K, int64_t ldq, int bits, int8_t* q, float* scale,
+                   int32_t* rowsum) {
+  const float qp = static_cast<float>((1 << (bits - 1)) - 1);
+  const float qn = -static_cast<float>(1 << (bits - 1));
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1));
+  at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const T* xr = x + m * K;
+      int8_t* qr = q + m * ldq;
+      float amax = 0.f;
+      bool finite = true;
+      for (int64_t k = 0; k < K; ++k) {
+        const float v = to_float(xr[k]);
+        finite &= std::isfinite(v);
+        amax = std::max(amax, std::fabs(v));
+      }
+      int32_t sum = 0;
+      if (finite) {
+        const float s = qp / std::max(amax, 1e-5f);
+        for (int64_t k = 0; k < K; ++k) {
+          float r = std::nearbyint(to_float(xr[k]) * s);
+          r = std::min(std::max(r, qn), qp);
+          qr[k] = static_cast<int8_t>(r);
+          sum += qr[k];
+        }
+        scale[m] = s;
+      } else {
+        std::memset(qr, 0, K);
+        scale[m] = std::nanf("");
+      }
+      if (ldq > K) std::memset(qr + K, 0, ldq - K);
+      if (rowsum) rowsum[m] = sum;
+    }
+  });
+}
+
+void check_packed(const at::Tensor& packed, int64_t K) {
+  TORCH_CHECK(packed.scalar_type() == at::kByte, "packed: expected uint8, got ", packed.scalar_type());
+  TORCH_CHECK(packed.dim() == 2 && packed.is_contiguous(), "packed: expected a contiguous 2-D tensor");
+  TORCH_CHECK(packed.size(1) == 4 * ((K + 15) / 16), "packed: expected shape (N, ", 4 * ((K + 15) / 16),
+              ") for in_features=", K, ", got ", packed.sizes());
+}
+
+using GemmFn = void (*)(const GemmArgs&, int64_t, int64_t, int64_t, int64_t);
+
+GemmFn gemm_for(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512Vnni: return gemm_avx512vnni;
+    case Isa::Avx2: return gemm_avx2;
+    default: return gemm_scalar;
+  }
+}
+
+// Runs C = xq @ q^T over all rows, threaded over n-blocks; `epilogue(m0, m1, n0, n1)` is called by
+// the thread that produced that rectangle, while it is still in cache.
+template <typename Epilogue>
+void run_gemm(Isa isa, const int8_t* xq, int64_t M, int64_t ldq, const int32_t* rowsum, const at::Tensor& packed,
+              int64_t N, int32_t* out, Epilogue&& epilogue) {
+  const int64_t KB = ldq / 16;
+  const int64_t n_full = N / 8;
+  const int64_t NB = (N + 7) / 8;
+  std::vector<uint8_t> tail;
+  const uint8_t* p = packed.data_ptr<uint8_t>();
+  if (NB > n_full) {
+    // Widen the last partial block to 8 columns once, so the kernels never read past the tensor.
+    const int64_t width = N - 8 * n_full;
+    tail.assign(32 * KB, 0x55);
+    const uint8_t* src = p + n_full * 32 * KB;
+    for (int64_t kb = 0; kb < KB; ++kb) std::memcpy(tail.data() + kb * 32, src + kb * 4 * width, 4 * width);
+  }
+  GemmArgs a{xq, ldq, rowsum, p, tail.empty() ? nullptr : tail.data(), N, KB, out, N};
+  const GemmFn fn = gemm_for(isa);
+  // Pairs of n-blocks are the unit of work; a thread streams its share of the weights once per
+  // chunk of kRowChunk rows, which stay in L2 meanwhile.
+  const int64_t units = (NB + 1) / 2;
+  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+    const int64_t nb0 = 2 * u0, nb1 = std::min(NB, 2 * u1);
+    for (int64_t m0 = 0; m0 < M; m0 += kRowChunk) {
+      const int64_t m1 = std::min(M, m0 + kRowChunk);
+      fn(a, m0, m1, nb0, nb1);
+      epilogue(m0, m1, nb0 * 8, std::min(N, nb1 * 8));
+    }
+  });
+}
+
+template <typename T>
+void linear_impl(Isa isa, const at::Tensor& x, const at::Tensor& packed, float gamma, const at::Tensor* bias,
+                 at::Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
+  const int64_t ldq = 16 * ((K + 15) / 16);
+  std::vector<int8_t> xq(M * ldq);
+  std::vector<float> s(M);
+  std::vector<int32_t> rowsum(M);
+  quantize_rows<T>(x.data_ptr<T>(), M, K, ldq, 8, xq.data(), s.data(), rowsum.data());
+  std::vector<float> r(M);
+  for (int64_t m = 0; m < M; ++m) r[m] = gamma / s[m];
+  std::vector<int32_t> acc(M * N);
+  T* yp = y.data_ptr<T>();
+  std::vector<float> b32;
+  if (bias) {
+    const at::Tensor bf = bias->to(at::kFloat).contiguous();
+    b32.assign(bf.data_ptr<float>(), bf.data_ptr<float>() + N);
+  }
+  const float* bp = b32.empty() ? nullptr : b32.data();
+  run_gemm(isa, xq.data(), M, ldq, rowsum.data(), packed, N, acc.data(),
+           [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+             for (int64_t m = m0; m < m1; ++m) {
+               const int32_t* am = acc.data() + m * N;
+               T* ym = yp + m * N;
+               const float rm = r[m];
+               if (bp) {
+                 for (int64_t n = n0; n < n1; ++n) ym[n] = static_cast<T>(static_cast<float>(am[n]) * rm + bp[n]);
+               } else {
+                 for (int64_t n = n0; n < n1; ++n) ym[n] = static_cast<T>(static_cast<float>(am[n]) * rm);
+               }
+             }
+           });
+}
+
+}  // namespace
+
+bool isa_supported(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return true;
+    case Isa::Avx2: return cpu_has("avx2");
+    case Isa::Avx512Vnni: return cpu_has("avx512vnni");
+  }
+  return false;
+}
+
+Isa best_isa() {
+  static const Isa best = isa_supported(Isa::Avx512Vnni) ? Isa::Avx512Vnni
+                          : isa_supported(Isa::Avx2)     ? Isa::Avx2
+                                                         : Isa::Scalar;
+  return best;
+}
+
+std::string isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512Vnni: return "avx512vnni";
+  }
+  return "?";
+}
+
+Isa parse_isa(const std::string& name) {
+  Isa isa;
+  if (name.empty() || name == "auto") return best_isa();
+  if (name == "scalar") isa = Isa::Scalar;
+  else if (name == "avx2") isa = Isa::Avx2;
+  else if (name == "avx512vnni") isa = Isa::Avx512Vnni;
+  else TORCH_CHECK_VALUE(false, "isa: expected one of auto, scalar, avx2, avx512vnni; got '", name, "'");
+  TORCH_CHECK_VALUE(isa_supported(isa), "isa: '", name, "' is not supported by this CPU");
+  return isa;
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_activation_absmax(const at::Tensor& x, int64_t bits) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x: expected a contiguous 2-D tensor");
+  TORCH_CHECK_VALUE(bits >= 2 && bits <= 8, "bits: expected 2..8, got ", bits);
+  const int64_t M = x.size(0), K = x.size(1);
+  at::Tensor q = at::empty({M, K}, x.options().dtype(at::kChar));
+  at::Tensor s = at::empty({M, 1}, x.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "quantize_activation_absmax", [&] {
+    quantize_rows<scalar_t>(x.data_ptr<scalar_t>(), M, K, K, static_cast<int>(bits), q.data_ptr<int8_t>(),
+                            s.data_ptr<float>(), nullptr);
+  });
+  return {q, s};
+}
+
+at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, const std::string& isa_s) {
+  const Isa isa = parse_isa(isa_s);
+  TORCH_CHECK(x_q.dim() == 2 && x_q.scalar_type() == at::kChar, "x_q: expected a 2-D int8 tensor");
+  const at::Tensor xc = x_q.contiguous();
+  const int64_t M = xc.size(0), K = xc.size(1), N = packed.size(0);
+  check_packed(packed, K);
+  const int64_t ldq = 16 * ((K + 15) / 16);
+  std::vector<int8_t> xq(M * ldq, 0);
+  std::vector<int32_t> rowsum(M, 0);
+  const int8_t* src = xc.data_ptr<int8_t>();
+  for (int64_t m = 0; m < M; ++m) {
+    std::memcpy(xq.data() + m * ldq, src + m * K, K);
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; ++k) s += src[m * K + k];
+    rowsum[m] = s;
+  }
+  at::Tensor out = at::empty({M, N}, xc.options().dtype(at::kInt));
+  if (M == 0 || N == 0) return out;
+  run_gemm(isa, xq.data(), M, ldq, rowsum.data(), packed, N, out.data_ptr<int32_t>(),
+           [](int64_t, int64_t, int64_t, int64_t) {});
+  return out;
+}
+
+at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
+                          const c10::optional<at::Tensor>& bias, const std::string& isa_s) {
+  const Isa isa = parse_isa(isa_s);
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x: expected a contiguous 2-D tensor");
+  check_packed(packed, x.size(1));
+  const int64_t M = x.size(0), N = packed.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  const float gamma = weight_scale.to(at::kFloat).item<float>();
+  const at::Tensor* b = (bias && bias->defined()) ? &*bias : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "ternary_linear", [&] {
+    if constexpr (std::is_same_v<scalar_t, double>) {
+      TORCH_CHECK_TYPE(false, "x: float64 is not supported by the CPU kernel");
+    } else {
+      linear_impl<scalar_t>(isa, x, packed, gamma, b, y);
+    }
+  });
+  return y;
+}
+
+}  // namespace cpu
+}  // namespace lmops

@@ -1,0 +1,28 @@
+// CPU entry points of the BitNet b1.58 ops. Semantics: lmops_kernels/reference/ternary.py.
+#pragma once
+#include <ATen/ATen.h>
+#include <string>
+#include <tuple>
+
+namespace lmops {
+namespace cpu {
+
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512Vnni = 2 };
+
+Isa best_isa();
+bool isa_supported(Isa isa);
+Isa parse_isa(const std::string& name);  // "auto" | "scalar" | "avx2" | "avx512vnni"
+std::string isa_name(Isa isa);
+
+// x: (M, K) float32|bfloat16|float16, contiguous -> q (M, K) int8, scale (M, 1) float32.
+std::tuple<at::Tensor, at::Tensor> quantize_activation_absmax(const at::Tensor& x, int64_t bits);
+
+// x_q: (M, K) int8; packed: (N, 4 * ceil(K / 16)) uint8 -> (M, N) int32.
+at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, const std::string& isa);
+
+// x: (M, K) float32|bfloat16|float16; weight_scale: float32 scalar; bias: (N,) or undefined -> (M, N), x's dtype.
+at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
+                          const c10::optional<at::Tensor>& bias, const std::string& isa);
+
+}  // namespace cpu
+}  // namespace lmops

@@ -1,0 +1,32 @@
+// Python bindings of the native kernels. The lmops:: operator schemas live in one place,
+// lmops_kernels/ops.py; these functions are the CPU backend that its dispatcher calls. They are
+// plain bindings rather than TORCH_LIBRARY_IMPL registrations because several backends (native,
+// Triton, reference) serve the same device key and LMOPS_BACKEND chooses among them.
+#include <torch/extension.h>
+
+#include "cpu/ternary.h"
+
+namespace {
+
+pybind11::dict cpu_features() {
+  using lmops::cpu::Isa;
+  pybind11::dict d;
+  d["avx2"] = lmops::cpu::isa_supported(Isa::Avx2);
+  d["avx512vnni"] = lmops::cpu::isa_supported(Isa::Avx512Vnni);
+  d["best_isa"] = lmops::cpu::isa_name(lmops::cpu::best_isa());
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "lmops native kernels (CPU)";
+  m.def("cpu_features", &cpu_features, "CPU features the kernels can use, and the ISA chosen by default");
+  m.def("quantize_activation_absmax", &lmops::cpu::quantize_activation_absmax, "x (M, K) -> (q int8, scale f32)",
+        pybind11::arg("x"), pybind11::arg("bits") = 8);
+  m.def("ternary_matmul_int", &lmops::cpu::ternary_matmul_int, "x_q (M, K) int8 @ q^T -> (M, N) int32",
+        pybind11::arg("x_q"), pybind11::arg("packed"), pybind11::arg("isa") = "auto");
+  m.def("ternary_linear", &lmops::cpu::ternary_linear, "W2A8 linear on (M, K)", pybind11::arg("x"),
+        pybind11::arg("packed"), pybind11::arg("weight_scale"), pybind11::arg("bias") = pybind11::none(),
+        pybind11::arg("isa") = "auto");
+}

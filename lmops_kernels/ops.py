@@ -1,0 +1,296 @@
+"""Every ``lmops::`` operator: its schema (declared here only), its fake (meta) implementation, its
+autograd rule where it has one, and its typed public wrapper that validates inputs once.
+
+The registered implementation of each op hands the call to :mod:`lmops_kernels.dispatch`, which
+picks a backend (see there). Pattern after torchao's ``ops.py``: one file of schemas and wrappers,
+backends elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import dispatch
+
+_lib = torch.library.Library("lmops", "DEF")
+
+_SCHEMAS = {
+    "quantize_weight_absmean": "quantize_weight_absmean(Tensor w) -> (Tensor, Tensor)",
+    "quantize_activation_absmax": "quantize_activation_absmax(Tensor x, int bits=8) -> (Tensor, Tensor)",
+    "pack_ternary": "pack_ternary(Tensor q) -> Tensor",
+    "unpack_ternary": "unpack_ternary(Tensor packed, int out_features, int in_features) -> Tensor",
+    "to_hf_bitnet": "to_hf_bitnet(Tensor q) -> Tensor",
+    "from_hf_bitnet": "from_hf_bitnet(Tensor packed, int out_features) -> Tensor",
+    "ternary_matmul_int": "ternary_matmul_int(Tensor x_q, Tensor packed) -> Tensor",
+    "ternary_linear": "ternary_linear(Tensor x, Tensor packed, Tensor weight_scale, Tensor? bias=None) -> Tensor",
+}
+
+_FLOAT_ACTIVATIONS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _dispatching(name: str):
+    def impl(*args, **kwargs):
+        return dispatch.select(name, args[0].device.type).fn(*args, **kwargs)
+
+    impl.__name__ = f"{name}_dispatch"
+    return impl
+
+
+for _name, _schema in _SCHEMAS.items():
+    _lib.define(_schema)
+    _lib.impl(_name, _dispatching(_name), "CompositeExplicitAutograd")
+
+
+def _k_padded(in_features: int) -> int:
+    return 4 * ((in_features + 15) // 16)
+
+
+# ----------------------------------------------------------------------------------------------
+# fake (meta) implementations: shapes and dtypes only, for torch.compile / torch.export
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.register_fake("lmops::quantize_weight_absmean")
+def _(w):
+    return torch.empty_like(w, dtype=torch.int8), w.new_empty((), dtype=torch.float32)
+
+
+@torch.library.register_fake("lmops::quantize_activation_absmax")
+def _(x, bits=8):
+    return torch.empty_like(x, dtype=torch.int8), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+
+
+@torch.library.register_fake("lmops::pack_ternary")
+def _(q):
+    return q.new_empty((q.shape[0], _k_padded(q.shape[1])), dtype=torch.uint8)
+
+
+@torch.library.register_fake("lmops::unpack_ternary")
+def _(packed, out_features, in_features):
+    return packed.new_empty((out_features, in_features), dtype=torch.int8)
+
+
+@torch.library.register_fake("lmops::to_hf_bitnet")
+def _(q):
+    return q.new_empty(((q.shape[0] + 3) // 4, *q.shape[1:]), dtype=torch.uint8)
+
+
+@torch.library.register_fake("lmops::from_hf_bitnet")
+def _(packed, out_features):
+    return packed.new_empty((out_features, *packed.shape[1:]), dtype=torch.int8)
+
+
+@torch.library.register_fake("lmops::ternary_matmul_int")
+def _(x_q, packed):
+    return x_q.new_empty((x_q.shape[0], packed.shape[0]), dtype=torch.int32)
+
+
+@torch.library.register_fake("lmops::ternary_linear")
+def _(x, packed, weight_scale, bias=None):
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+# ----------------------------------------------------------------------------------------------
+# autograd: straight-through estimator through the activation quantizer of ternary_linear
+# ----------------------------------------------------------------------------------------------
+
+
+def _ternary_linear_setup(ctx, inputs, output):
+    x, packed, weight_scale, bias = inputs
+    ctx.save_for_backward(packed, weight_scale)
+    ctx.in_features = x.shape[-1]
+    ctx.has_bias = bias is not None
+
+
+def _ternary_linear_backward(ctx, grad_y):
+    packed, weight_scale = ctx.saved_tensors
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        # d/dx of (Q(x) @ (q gamma)^T) with dQ/dx := identity (STE) is grad_y @ (q gamma).
+        w = unpack_ternary(packed, packed.shape[0], ctx.in_features).to(grad_y.dtype)
+        grad_x = (grad_y @ w) * weight_scale.to(grad_y.dtype)
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
+    return grad_x, None, None, grad_bias
+
+
+torch.library.register_autograd(
+    "lmops::ternary_linear", _ternary_linear_backward, setup_context=_ternary_linear_setup
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# public wrappers: validation at the op boundary, then one call of the operator
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _check_ternary(name: str, q: torch.Tensor) -> None:
+    _check_tensor(name, q)
+    if q.dtype.is_floating_point or q.dtype.is_complex or q.dtype == torch.bool:
+        raise TypeError(f"{name}: expected an integer tensor with values in {{-1, 0, 1}}, got {q.dtype}")
+    if q.dim() != 2:
+        raise ValueError(f"{name}: expected shape (out_features, in_features), got {tuple(q.shape)}")
+
+
+def _check_same_device(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.device != b.device:
+        raise ValueError(f"{name_b} is on {b.device} but {name_a} is on {a.device}; move them to one device")
+
+
+def quantize_weight_absmean(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BitNet b1.58 absmean ternary weight quantization (per tensor).
+
+    Args:
+        w: any shape, floating point.
+    Returns:
+        ``(q, scale)``: ``q`` int8 of ``w``'s shape in {-1, 0, 1}; ``scale`` float32 scalar tensor
+        gamma = max(mean |w|, 1e-5), ``q = clamp(round(w / gamma), -1, 1)``.
+    """
+    _check_tensor("w", w)
+    if not w.dtype.is_floating_point:
+        raise TypeError(f"w: expected a floating-point tensor, got {w.dtype}")
+    if w.numel() == 0:
+        raise ValueError("w: expected a non-empty tensor")
+    return torch.ops.lmops.quantize_weight_absmean(w.detach())
+
+
+def quantize_activation_absmax(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token (last dim) absmax quantization, as transformers' ``ActQuant``.
+
+    Args:
+        x: ``(..., K)`` float16|bfloat16|float32, ``K >= 1``.
+        bits: 2..8.
+    Returns:
+        ``(q, scale)``: ``q`` int8 ``(..., K)`` = clamp(round(x * scale), -2^(bits-1), 2^(bits-1)-1);
+        ``scale`` float32 ``(..., 1)`` = (2^(bits-1)-1) / max(max |x|, 1e-5). Rows holding NaN/Inf
+        get ``scale = NaN`` and ``q = 0``.
+    """
+    _check_tensor("x", x)
+    if x.dtype not in _FLOAT_ACTIVATIONS:
+        raise TypeError(f"x: expected float32, bfloat16 or float16, got {x.dtype}")
+    if x.dim() == 0 or x.shape[-1] == 0:
+        raise ValueError(f"x: expected shape (..., K) with K >= 1, got {tuple(x.shape)}")
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits: expected an int in 2..8, got {bits!r}")
+    return torch.ops.lmops.quantize_activation_absmax(x.detach(), bits)
+
+
+def pack_ternary(q: torch.Tensor) -> torch.Tensor:
+    """Pack a ternary ``(N, K)`` matrix into the lmops tiled 2-bit layout.
+
+    Any ``N, K >= 1``. Returns ``uint8 (N, 4 * ceil(K / 16))``; the byte order is documented in
+    :mod:`lmops_kernels.reference.packing`. Exact inverse: :func:`unpack_ternary`.
+    """
+    _check_ternary("q", q)
+    if q.numel() == 0:
+        raise ValueError(f"q: expected a non-empty matrix, got shape {tuple(q.shape)}")
+    return torch.ops.lmops.pack_ternary(q.detach())
+
+
+def _check_packed(packed: torch.Tensor, out_features: int | None, in_features: int) -> None:
+    _check_tensor("packed", packed)
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"packed: expected uint8 (from pack_ternary), got {packed.dtype}")
+    n = packed.shape[0] if out_features is None else out_features
+    want = (n, _k_padded(in_features))
+    if tuple(packed.shape) != want:
+        raise ValueError(
+            f"packed: expected shape {want} for out_features={n}, in_features={in_features}, "
+            f"got {tuple(packed.shape)}"
+        )
+
+
+def unpack_ternary(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """Inverse of :func:`pack_ternary`: ``uint8 (N, 4 * ceil(K / 16))`` -> int8 ``(N, K)``."""
+    for name, v in (("out_features", out_features), ("in_features", in_features)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    _check_packed(packed, out_features, in_features)
+    return torch.ops.lmops.unpack_ternary(packed, out_features, in_features)
+
+
+def to_hf_bitnet(q: torch.Tensor) -> torch.Tensor:
+    """Ternary ``(N, K)`` -> transformers' BitNet packing, ``uint8 (ceil(N / 4), K)``, code ``q + 1``,
+    bit pair ``i`` of row ``r`` holding row ``i * ceil(N / 4) + r``."""
+    _check_ternary("q", q)
+    return torch.ops.lmops.to_hf_bitnet(q.detach())
+
+
+def from_hf_bitnet(packed: torch.Tensor, out_features: int) -> torch.Tensor:
+    """transformers' BitNet packing ``uint8 (ceil(N / 4), K)`` -> ternary int8 ``(N, K)``."""
+    _check_tensor("packed", packed)
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"packed: expected uint8, got {packed.dtype}")
+    if not isinstance(out_features, int) or out_features < 1:
+        raise ValueError(f"out_features: expected a positive int, got {out_features!r}")
+    if packed.dim() != 2 or packed.shape[0] != (out_features + 3) // 4:
+        raise ValueError(
+            f"packed: expected shape ({(out_features + 3) // 4}, in_features) for out_features={out_features}, "
+            f"got {tuple(packed.shape)}"
+        )
+    return torch.ops.lmops.from_hf_bitnet(packed, out_features)
+
+
+def ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """Exact integer product of int8 activations and packed ternary weights.
+
+    Args:
+        x_q: ``(M, K)`` int8.
+        packed: ``(N, 4 * ceil(K / 16))`` uint8 from :func:`pack_ternary`.
+    Returns:
+        ``(M, N)`` int32, bit-identical on every backend.
+    """
+    _check_tensor("x_q", x_q)
+    if x_q.dtype != torch.int8 or x_q.dim() != 2 or x_q.shape[1] == 0:
+        raise TypeError(f"x_q: expected a 2-D int8 tensor (M, K >= 1), got {x_q.dtype} {tuple(x_q.shape)}")
+    _check_packed(packed, None, x_q.shape[1])
+    _check_same_device("x_q", x_q, "packed", packed)
+    return torch.ops.lmops.ternary_matmul_int(x_q.contiguous(), packed.contiguous())
+
+
+def ternary_linear(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """BitNet b1.58 W2A8 linear: per-token int8 absmax activations times packed ternary weights.
+
+    ``y = (Q(x) @ q^T) * (gamma / s_x) + bias`` with the product accumulated exactly in int32 and the
+    rescale in float32. Differentiable in ``x`` (straight-through through ``Q``) and ``bias``.
+
+    Args:
+        x: ``(..., K)`` float32|bfloat16|float16; any strides; leading dims may be empty.
+        packed: ``(N, 4 * ceil(K / 16))`` uint8 from :func:`pack_ternary`. The weight layout stores
+            ``K`` rounded up to 16, so callers that know ``in_features`` check it (``BitLinear`` does).
+        weight_scale: one-element floating tensor, gamma (``W ~= q * gamma``).
+        bias: ``(N,)`` floating, or None.
+    Returns:
+        ``(..., N)`` in ``x``'s dtype. Rows of ``x`` holding NaN/Inf give NaN rows.
+    """
+    _check_tensor("x", x)
+    if x.dtype not in _FLOAT_ACTIVATIONS:
+        raise TypeError(f"x: expected float32, bfloat16 or float16, got {x.dtype}")
+    if x.dim() == 0 or x.shape[-1] == 0:
+        raise ValueError(f"x: expected shape (..., in_features) with in_features >= 1, got {tuple(x.shape)}")
+    _check_packed(packed, None, x.shape[-1])
+    _check_same_device("x", x, "packed", packed)
+    _check_tensor("weight_scale", weight_scale)
+    if weight_scale.numel() != 1 or not weight_scale.dtype.is_floating_point:
+        raise ValueError(
+            f"weight_scale: expected a one-element floating tensor, got {weight_scale.dtype} {tuple(weight_scale.shape)}"
+        )
+    if bias is not None:
+        _check_tensor("bias", bias)
+        if tuple(bias.shape) != (packed.shape[0],) or not bias.dtype.is_floating_point:
+            raise ValueError(
+                f"bias: expected a floating tensor of shape ({packed.shape[0]},), got {bias.dtype} {tuple(bias.shape)}"
+            )
+        _check_same_device("x", x, "bias", bias)
+    return torch.ops.lmops.ternary_linear(x, packed, weight_scale.reshape(()), bias)

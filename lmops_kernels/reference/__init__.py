@@ -1,0 +1,21 @@
+"""Plain-torch reference implementations: the specification of every lmops op."""
+
+from .packing import from_hf_bitnet, pack_ternary, packed_shape, to_hf_bitnet, unpack_ternary
+from .ternary import (
+    quantize_activation_absmax,
+    quantize_weight_absmean,
+    ternary_linear,
+    ternary_matmul_int,
+)
+
+__all__ = [
+    "from_hf_bitnet",
+    "pack_ternary",
+    "packed_shape",
+    "quantize_activation_absmax",
+    "quantize_weight_absmean",
+    "ternary_linear",
+    "ternary_matmul_int",
+    "to_hf_bitnet",
+    "unpack_ternary",
+]
