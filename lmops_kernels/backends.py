@@ -46,6 +46,4 @@ def _cpu_ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor) -> torch.Te
 def _cpu_ternary_linear(
     x: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    y = _native.module().ternary_linear(x2, packed.contiguous(), weight_scale, bias, _native.cpu_isa())
-    return y.view(*x.shape[:-1], packed.shape[0])
+    return _native.module().ternary_linear(x.contiguous(), packed.contiguous(), weight_scale, bias, _native.cpu_isa())

@@ -126,7 +126,7 @@ void run_gemm(Isa isa, const int8_t* xq, int64_t M, int64_t ldq, const int32_t* 
 template <typename T>
 void linear_impl(Isa isa, const at::Tensor& x, const at::Tensor& packed, float gamma, const at::Tensor* bias,
                  at::Tensor& y) {
-  const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
+  const int64_t K = x.size(-1), M = x.numel() / K, N = packed.size(0);
   const int64_t ldq = 16 * ((K + 15) / 16);
   std::vector<int8_t> xq(M * ldq);
   std::vector<float> s(M);
@@ -234,10 +234,13 @@ at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, c
 at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
                           const c10::optional<at::Tensor>& bias, const std::string& isa_s) {
   const Isa isa = parse_isa(isa_s);
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x: expected a contiguous 2-D tensor");
-  check_packed(packed, x.size(1));
-  const int64_t M = x.size(0), N = packed.size(0);
-  at::Tensor y = at::empty({M, N}, x.options());
+  TORCH_CHECK(x.dim() >= 1 && x.is_contiguous(), "x: expected a contiguous tensor (..., in_features)");
+  const int64_t K = x.size(-1);
+  check_packed(packed, K);
+  const int64_t M = K ? x.numel() / K : 0, N = packed.size(0);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  at::Tensor y = at::empty(out_shape, x.options());
   if (M == 0 || N == 0) return y;
   const float gamma = weight_scale.to(at::kFloat).item<float>();
   const at::Tensor* b = (bias && bias->defined()) ? &*bias : nullptr;

@@ -20,7 +20,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_activation_absmax(const at::Tensor& 
 // x_q: (M, K) int8; packed: (N, 4 * ceil(K / 16)) uint8 -> (M, N) int32.
 at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, const std::string& isa);
 
-// x: (M, K) float32|bfloat16|float16; weight_scale: float32 scalar; bias: (N,) or undefined -> (M, N), x's dtype.
+// x: (..., K) contiguous float32|bfloat16|float16; weight_scale: one float; bias: (N,) or undefined -> (..., N), x's dtype.
 at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
                           const c10::optional<at::Tensor>& bias, const std::string& isa);
 

@@ -1,0 +1,7 @@
+"""``python -m lmops``: the ``lmops`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
