@@ -12,6 +12,7 @@ Heavy imports (transformers, the model code) happen inside the verbs, so ``lmops
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -66,9 +67,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     try:
         cfg = config_from_args(args.tiny, steps=args.steps, seconds=args.seconds, out=args.out, seed=args.seed,
-                               prompt=args.prompt)
+                               prompt=args.prompt, threads=args.threads)
     except ValueError as exc:
         raise _Fail(str(exc)) from None
+    out = Path(cfg.out).expanduser()
+    if out.exists() and not out.is_dir():  # say so now, not after minutes of training
+        raise _Fail(f"--out: {cfg.out} exists and is not a directory")
     run_demo(cfg)
     return 0
 
@@ -99,33 +103,59 @@ def _check_model_dir(src: str) -> Path:
     return path
 
 
+def _is_bitnet_config(src: Path) -> bool:
+    """True when SRC's config.json describes a BitNet model already (lmops or transformers format)."""
+    try:
+        cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise _Fail(f"SRC: cannot read {src / 'config.json'}: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise _Fail(f"SRC: {src / 'config.json'} does not hold a JSON object")
+    quant = cfg.get("quantization_config")
+    return (
+        (cfg.get("lmops") or {}).get("bitnet") is not None
+        or (isinstance(quant, dict) and quant.get("quant_method") == "bitnet")
+        or cfg.get("model_type") == "bitnet"
+    )
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
-    import inspect
+    import warnings
 
     src = _check_model_dir(args.src)
     dst = Path(args.dst).expanduser()
-    if dst.resolve() == src.resolve():
+    if dst.exists() and dst.resolve() == src.resolve():
         raise _Fail(f"DST: {args.dst} is the source directory; choose another directory")
     if dst.exists() and not dst.is_dir():
         raise _Fail(f"DST: {args.dst} exists and is not a directory")
+    already_bitnet = _is_bitnet_config(src)
+
+    import torch
+
     from . import bitnet
 
-    kwargs = {"pack": args.pack}
+    kwargs: dict = {"pack": args.pack}
     if args.dtype is not None:
-        if "dtype" not in inspect.signature(bitnet.convert_directory).parameters:
-            raise _Fail("--dtype: this version of lmops.bitnet.convert_directory does not take a dtype")
-        kwargs["dtype"] = args.dtype
-    if args.pack:
+        kwargs["dtype"] = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    if args.pack and not already_bitnet:
         print(QAT_NOTE, file=sys.stderr)
         print(file=sys.stderr)
+    elif args.pack:
+        print(f"{src} holds a BitNet model: packing it keeps its quality only if it was trained with QAT "
+              "(after `lmops convert`, train it before packing).", file=sys.stderr)
     try:
-        bitnet.convert_directory(src, dst, **kwargs)
+        with warnings.catch_warnings():
+            # the note above already says it, more prominently
+            warnings.filterwarnings("ignore", message="packing a model that was never trained", category=UserWarning)
+            bitnet.convert_directory(src, dst, **kwargs)
     except (ValueError, TypeError, OSError) as exc:
         raise _Fail(f"convert: {exc}") from None
-    what = "converted and packed" if args.pack else "converted for QAT (BitLinear layers, latent weights)"
-    print(f"{src} -> {dst}: {what}")
-    if not args.pack:
-        print("Train it with its usual loop, then pack it: lmops convert DIR DST --pack (or lmops.bitnet.pack)")
+    if args.pack:
+        print(f"{src} -> {dst}: converted and packed (2-bit ternary weights, native kernel)")
+    else:
+        print(f"{src} -> {dst}: converted for QAT (BitLinear layers with latent float weights)")
+        print(f"Train it with its usual loop, then pack it: lmops convert {dst} PACKED_DIR --pack "
+              "(or lmops.bitnet.pack(model))")
     return 0
 
 
@@ -227,12 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
         "own documentation (no download), pack it to 2-bit weights, generate a sample with the native kernel, "
         "compare size, decode speed and validation loss, and save it. A few minutes on 2 CPU cores.",
     )
-    demo.add_argument("--steps", type=_positive_int, default=None, help="training steps (default 300)")
+    demo.add_argument("--steps", type=_positive_int, default=None, help="training steps (default 1000)")
     demo.add_argument("--seconds", type=_positive_float, default=None,
-                      help="stop training after this many seconds (default 100)")
+                      help="stop training after this many seconds (default 140)")
     demo.add_argument("--out", default=None, help="where to save the packed model (default ./lmops-demo-model)")
     demo.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     demo.add_argument("--prompt", default=None, help='prompt of the sample (default "The return statement")')
+    demo.add_argument("--threads", type=_positive_int, default=None,
+                      help="torch threads (default: torch's, or 1 if a first few steps show it trains faster)")
     demo.add_argument("--tiny", action="store_true",
                       help="a very small model and budget (a smoke test in seconds; the output is noise)")
     demo.set_defaults(func=_cmd_demo)
@@ -254,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--pack", action="store_true",
                          help="pack the ternary weights to 2 bits (only sensible after QAT)")
     convert.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                         help="dtype of the float weights that stay (default: as saved)")
+                         help="dtype of the float weights (latent weights, embeddings, norms; default float32)")
     convert.set_defaults(func=_cmd_convert)
 
     info = sub.add_parser("info", help="versions, native extension, CPU features, backends per op",
@@ -276,6 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Fail as exc:
         print(f"lmops {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # e.g. `lmops info | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print(f"lmops {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -18,7 +18,6 @@ import copy
 import functools
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -38,20 +37,27 @@ __all__ = ["DemoConfig", "run_demo"]
 class DemoConfig:
     """Sizes and budget of the demo. The defaults fit well under 5 minutes on 2 CPU cores.
 
+    At this budget (a few hundred thousand tokens) a small model trained for more steps reaches a lower
+    loss than a wider one trained for fewer; hence hidden 128 and batch 8.
+
+    ``threads``: torch threads; None keeps torch's default unless one thread trains faster (measured on
+    the first steps: on a busy machine, OpenMP threads waiting on each other can be several times slower).
+
     Training stops at ``steps`` steps or after ``seconds`` seconds, whichever comes first; the learning
     rate schedule (linear warm-up, cosine decay to 10%) follows whichever is further along, so a run cut
     short by the clock still ends at a low learning rate.
     """
 
-    hidden_size: int = 256
+    hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    intermediate_size: int = 688
+    intermediate_size: int = 344
     context: int = 128
-    batch_size: int = 16
-    steps: int = 300
-    seconds: float = 100.0
-    lr: float = 2e-3
+    batch_size: int = 8
+    steps: int = 1000
+    seconds: float = 140.0
+    threads: int | None = None
+    lr: float = 4e-3
     warmup: float = 0.05
     weight_decay: float = 0.05
     seed: int = 0
@@ -73,6 +79,8 @@ class DemoConfig:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size: expected a multiple of num_heads={self.num_heads}, got {self.hidden_size}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads: expected a positive int or None, got {self.threads!r}")
         if not self.seconds > 0:
             raise ValueError(f"seconds: expected a positive number, got {self.seconds!r}")
         if not self.lr > 0:
@@ -84,9 +92,10 @@ class DemoConfig:
 
     @classmethod
     def tiny(cls, **overrides) -> "DemoConfig":
-        """A very small model and budget: the whole demo in a few seconds (smoke tests)."""
+        """A very small model and budget, one thread: the whole demo in a few seconds (smoke tests)."""
         base = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, context=32, batch_size=4,
-                    steps=3, seconds=30.0, eval_tokens=256, sample_bytes=16, decode_tokens=8, decode_repeats=1)
+                    steps=3, seconds=30.0, threads=1, eval_tokens=256, sample_bytes=16, decode_tokens=8,
+                    decode_repeats=1)
         base.update(overrides)
         return cls(**base)
 
@@ -125,22 +134,11 @@ def bitlinear_layers(model: nn.Module) -> list[BitLinear]:
 
 
 def dense_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A plain-transformers copy: each BitLinear becomes an ``nn.Linear`` holding ``q * gamma`` in ``dtype``.
+    """A plain-transformers copy of a packed model in ``dtype``: each BitLinear becomes an ``nn.Linear``
+    holding ``q * gamma`` (``lmops.bitnet.unconvert``), the baseline a user would otherwise run."""
+    from . import bitnet
 
-    The same ternary weights as a dense float model: the baseline a user would otherwise run.
-    """
-    dense = copy.deepcopy(model)
-    for parent in list(dense.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, BitLinear):
-                q, gamma = child.ternary_weight()
-                linear = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-                with torch.no_grad():
-                    linear.weight.copy_(q.float() * gamma.float())
-                    if child.bias is not None:
-                        linear.bias.copy_(child.bias)
-                setattr(parent, name, linear)
-    return dense.to(dtype).eval()
+    return bitnet.unconvert(copy.deepcopy(model), dtype).to(dtype).eval()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,12 +160,57 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class _ThreadChooser:
+    """Times training steps at torch's thread count and at one thread, and keeps the faster.
+
+    Step 0 is a warm-up; steps 1-2 run at the default count, steps 3-4 at one thread. On an idle
+    machine more threads win; on a loaded one, threads that wait on each other at every OpenMP barrier
+    can make two threads several times slower than one.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.default = torch.get_num_threads()
+        self.active = enabled and self.default > 1
+        self.times: dict[int, list[float]] = {self.default: [], 1: []}
+        self.note = ""
+
+    def after_step(self, step: int, seconds: float) -> None:
+        if not self.active:
+            return
+        if step in (1, 2):
+            self.times[self.default].append(seconds)
+        elif step in (3, 4):
+            self.times[1].append(seconds)
+        if step == 2:
+            torch.set_num_threads(1)
+        elif step == 4:
+            many, one = min(self.times[self.default]), min(self.times[1])
+            chosen = 1 if one < 0.9 * many else self.default
+            torch.set_num_threads(chosen)
+            self.note = (
+                f"{chosen} (a step took {one:.2f} s on 1 thread vs {many:.2f} s on {self.default}"
+                + ("; the machine is busy)" if chosen == 1 else ")")
+            )
+            self.active = False
+
+    def finish(self) -> None:
+        """Training ended before the probe did: back to the default count."""
+        if self.active:
+            torch.set_num_threads(self.default)
+            self.active = False
+
+
 def train(model: nn.Module, data: torch.Tensor, cfg: DemoConfig) -> dict:
-    """QAT with AdamW on random windows of ``data`` (uint8 byte tensor). Returns steps, tokens, seconds, loss."""
+    """QAT with AdamW on random windows of ``data`` (uint8 byte tensor).
+
+    Returns steps, tokens, seconds, final (smoothed) loss and the torch threads used."""
     from tqdm.auto import tqdm
 
     if data.numel() < cfg.context + 2:
         raise ValueError(f"data: expected more than {cfg.context + 1} training bytes, got {data.numel()}")
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    chooser = _ThreadChooser(enabled=cfg.threads is None)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     offsets = torch.arange(cfg.context + 1)
@@ -186,6 +229,7 @@ def train(model: nn.Module, data: torch.Tensor, cfg: DemoConfig) -> dict:
             for group in opt.param_groups:
                 group["lr"] = lr
             starts = torch.randint(0, data.numel() - cfg.context - 1, (cfg.batch_size, 1), generator=gen)
+            t_step = time.perf_counter()
             batch = data[starts + offsets].long()
             logits = model(input_ids=batch[:, :-1], use_cache=False).logits
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
@@ -196,14 +240,17 @@ def train(model: nn.Module, data: torch.Tensor, cfg: DemoConfig) -> dict:
             step += 1
             tokens += cfg.batch_size * cfg.context
             value = loss.item()
+            chooser.after_step(step - 1, time.perf_counter() - t_step)
             ema = value if ema is None else 0.9 * ema + 0.1 * value
             rate = tokens / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.1e}", refresh=False)
             bar.update(1)
     finally:
         bar.close()
+        chooser.finish()
     model.eval()
-    return {"steps": step, "tokens": tokens, "seconds": time.perf_counter() - start, "loss": ema}
+    threads = chooser.note or str(torch.get_num_threads())
+    return {"steps": step, "tokens": tokens, "seconds": time.perf_counter() - start, "loss": ema, "threads": threads}
 
 
 @torch.no_grad()
@@ -280,7 +327,7 @@ def kernel_description() -> tuple[str, str]:
 
 
 def _mib(n: int) -> str:
-    return f"{n / 2**20:.2f} MiB"
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 def format_report(r: dict) -> str:
@@ -301,12 +348,37 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+class _Clock:
+    """Wall time per phase, for the closing line."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps.append((name, now - self.last))
+        self.last = now
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{name} {sec:.0f} s" for name, sec in self.laps)
+        return f"{time.perf_counter() - self.start:.0f} s ({parts})"
+
+
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] | None = None) -> dict:
-    """Run the demo end to end, printing as it goes through ``echo``; return the measured numbers."""
+    """Run the demo end to end, printing as it goes through ``echo`` (default: print); return the
+    measured numbers. torch's thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        return _run_demo(cfg, echo or functools.partial(print, flush=True))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(cfg: DemoConfig, echo: Callable[[str], None]) -> dict:
     from . import bitnet
 
-    echo = echo or functools.partial(print, flush=True)
-    t_start = time.perf_counter()
+    clock = _Clock()
     tok = ByteTokenizer()
     corpus = load_demo_corpus()
     train_bytes, val_bytes = corpus.split(cfg.holdout)
@@ -315,7 +387,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] | None = None) -> dict
     backend, isa = kernel_description()
     echo(f"lmops demo: BitNet b1.58 QAT on {corpus.source}")
     echo(f"  corpus {len(corpus.data):,} bytes: train {len(train_bytes):,}, validation {len(val_bytes):,} (last {cfg.holdout:.0%})")
-    echo(f"  ternary_linear backend: {backend}; CPU ISA: {isa}; torch threads: {torch.get_num_threads()}")
+    echo(f"  ternary_linear backend: {backend}; CPU ISA: {isa}")
 
     model = build_model(cfg)
     layers = bitlinear_layers(model)
@@ -328,23 +400,27 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] | None = None) -> dict
     )
     echo(f"  training: AdamW lr {cfg.lr:g} (warm-up, cosine), batch {cfg.batch_size}x{cfg.context}, "
          f"up to {cfg.steps} steps or {cfg.seconds:g} s")
+    clock.lap("setup")
     stats = train(model, train_data, cfg)
+    clock.lap("training")
     echo(
         f"  trained {stats['steps']} steps, {stats['tokens']:,} tokens in {stats['seconds']:.1f} s "
         f"({stats['tokens'] / max(stats['seconds'], 1e-9):,.0f} tokens/s), train loss {stats['loss']:.3f}"
         + (" (stopped by the time budget)" if stats["steps"] < cfg.steps else "")
     )
+    echo(f"  torch threads: {stats['threads']}")
 
     val_latent, val_count = evaluate(model, val_data, cfg)
     bytes_fp32 = sum(m.weight.numel() * 4 for m in layers)
     bytes_bf16 = sum(m.weight.numel() * 2 for m in layers)
-    dense_bf16 = dense_copy(model, torch.bfloat16)
-    dense_fp32 = dense_copy(model, torch.float32)
 
     bitnet.pack(model)
     model.eval()
     bytes_packed = sum(m.weight_packed.nbytes + m.weight_scale.nbytes for m in layers)
     val_packed, _ = evaluate(model, val_data, cfg)
+    dense_bf16 = dense_copy(model, torch.bfloat16)
+    dense_fp32 = dense_copy(model, torch.float32)
+    clock.lap("evaluation")
 
     text = sample(model, tok, cfg)
     echo(f"\nSample from the packed model (native {backend} kernel, top-k {cfg.sample_top_k}, "
@@ -352,12 +428,14 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] | None = None) -> dict
     echo("-" * 72)
     echo(text)
     echo("-" * 72)
+    clock.lap("sample")
 
     prompt_ids = torch.tensor([tok.encode(cfg.prompt)])
     decode_packed = decode_speed(model, prompt_ids, cfg)
     decode_bf16 = decode_speed(dense_bf16, prompt_ids, cfg)
     decode_fp32 = decode_speed(dense_fp32, prompt_ids, cfg)
     del dense_bf16, dense_fp32
+    clock.lap("decode timing")
 
     report = {
         "n_linear": len(layers),
@@ -393,8 +471,9 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] | None = None) -> dict
     )
     echo(f"\nSaved the packed model to {out}")
     echo(f"  load it with: lmops.bitnet.from_pretrained({str(out)!r}); tokens are UTF-8 bytes (see lmops_demo.json)")
-    total = time.perf_counter() - t_start
-    echo(f"Done in {total:.0f} s.")
+    clock.lap("save")
+    total = time.perf_counter() - clock.start
+    echo(f"Done in {clock.summary()}.")
     return {**report, "training": stats, "sample": text, "out": str(out), "seconds": total,
             "backend": backend, "isa": isa}
 

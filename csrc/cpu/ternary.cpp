@@ -113,7 +113,10 @@ void run_gemm(Isa isa, const int8_t* xq, int64_t M, int64_t ldq, const int32_t* 
   // Pairs of n-blocks are the unit of work; a thread streams its share of the weights once per
   // chunk of kRowChunk rows, which stay in L2 meanwhile.
   const int64_t units = (NB + 1) / 2;
-  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+  // A unit is 16 columns x K x M multiply-adds; below ~256K of them per thread, waking a second
+  // thread costs more than it saves (and much more when the cores are shared).
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, 16 * ldq * M));
+  at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
     const int64_t nb0 = 2 * u0, nb1 = std::min(NB, 2 * u1);
     for (int64_t m0 = 0; m0 < M; m0 += kRowChunk) {
       const int64_t m1 = std::min(M, m0 + kRowChunk);
