@@ -35,7 +35,7 @@ template <typename T>
 inline float to_float(T v) { return static_cast<float>(v); }
 
 // Per-row absmax quantization with the reference's float32 arithmetic:
-// s = Qp / max(max|x|, 1e-5); q = clamp(nearbyint(x * s)) (round half to even). A row holding a
+// s = (1 / max(max|x|, 1e-5)) * Qp; q = clamp(nearbyint(x * s)) (round half to even). A row holding a
 // non-finite value gets s = NaN and q = 0. `ldq` >= K; the padding columns are zero.
 template <typename T>
 void quantize_rows(const T* x, int64_t M, int64_t K, int64_t ldq, int bits, int8_t* q, float* scale,
@@ -56,7 +56,7 @@ void quantize_rows(const T* x, int64_t M, int64_t K, int64_t ldq, int bits, int8
       }
       int32_t sum = 0;
       if (finite) {
-        const float s = qp / std::max(amax, 1e-5f);
+        const float s = (1.f / std::max(amax, 1e-5f)) * qp;  // as torch evaluates ActQuant's 127 / amax
         for (int64_t k = 0; k < K; ++k) {
           float r = std::nearbyint(to_float(xr[k]) * s);
           r = std::min(std::max(r, qn), qp);

@@ -144,12 +144,16 @@ class BitLinear(nn.Module):
 
     @torch.no_grad()
     def unpack(self, dtype: torch.dtype = torch.float32) -> "BitLinear":
-        """Back to training mode with latent weights ``q * gamma`` (the pre-packing latent weights are
-        not recoverable; re-quantizing these gives the same ternary weights). Returns ``self``."""
+        """Back to training mode with latent weights ``q * gamma / mean|q|``: the pre-packing latent
+        weights are not recoverable, but these quantize back to exactly the packed ``(q, gamma)``, so the
+        training-mode forward equals the packed one and ``pack()`` is its exact inverse. Returns ``self``."""
         if not self.is_packed:
             return self
         q = lk.unpack_ternary(self.weight_packed, self.out_features, self.in_features)
-        w = q.to(dtype) * self.weight_scale.to(dtype)
+        # Latent weights q * gamma / mean|q| re-quantize (absmean) to exactly (q, gamma); plain q * gamma
+        # would shrink gamma by the fraction of non-zero weights on the next pack().
+        nonzero = q.ne(0).float().mean().clamp(min=1e-12)
+        w = (q.float() * (self.weight_scale.float() / nonzero)).to(dtype)
         del self._buffers["weight_packed"]
         del self._buffers["weight_scale"]
         self.weight = nn.Parameter(w)

@@ -53,7 +53,8 @@ def quantize_activation_absmax(x: torch.Tensor, bits: int = 8) -> tuple[torch.Te
     qn = -(2 ** (bits - 1))
     x32 = x.float()
     absmax = x32.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
-    scale = torch.full_like(absmax, float(qp)) / absmax
+    # reciprocal-then-multiply is how torch evaluates transformers' ``127 / absmax``: same bits as ActQuant
+    scale = absmax.reciprocal() * qp
     finite = torch.isfinite(x32).all(dim=-1, keepdim=True)
     q = (x32 * scale).round().clamp(qn, qp)
     q = torch.where(finite, q, torch.zeros_like(q)).to(torch.int8)

@@ -69,18 +69,3 @@ def use_backend(monkeypatch):
             monkeypatch.setenv("LMOPS_CPU_ISA", isa)
 
     return set_backend
-
-
-def random_ternary(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
-    """(n, k) int8 in {-1, 0, 1}, uniformly; matrices of >= 3 elements hold all three codes."""
-    q = torch.randint(-1, 2, (n, k), dtype=torch.int8, generator=gen)
-    if n * k >= 3:
-        flat = q.view(-1)
-        flat[:3] = torch.tensor([-1, 0, 1], dtype=torch.int8)
-        q = flat[torch.randperm(n * k, generator=gen)].view(n, k)
-    return q
-
-
-@pytest.fixture
-def ternary():
-    return random_ternary

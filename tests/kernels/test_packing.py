@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_ternary
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmops_kernels as lk
+from kernel_data import random_ternary
 from lmops_kernels.reference import packed_shape
 
 hf_bitnet = pytest.importorskip("transformers.integrations.bitnet")
@@ -63,7 +63,7 @@ def test_pack_unpack_round_trip(n, k, seed):
     assert torch.equal(lk.unpack_ternary(packed, n, k), q)
 
 
-@pytest.mark.parametrize("n,k", [(1000, 4000), (4096, 4096), (11008, 17), (3, 40000)])
+@pytest.mark.parametrize("n,k", [(1000, 4000), (11008, 17), (3, 40000)])
 def test_pack_unpack_round_trip_large(n, k):
     q = random_ternary(n, k, torch.Generator().manual_seed(n * 7 + k))
     packed = lk.pack_ternary(q)
@@ -132,12 +132,6 @@ def test_hf_round_trip_any_out_features(n, k, seed):
     assert torch.equal(hf_unpack(packed)[:n], q.to(torch.int16))
     # and our reader accepts transformers' packing of a non-multiple of 4 (its padding codes are never read)
     assert torch.equal(lk.from_hf_bitnet(hf_pack(q), n), q)
-
-
-def test_hf_unpack_compiled_agrees():
-    """The torch.compile'd transformers unpacker (what its BitLinear runs) reads our packing too."""
-    q = random_ternary(64, 48, torch.Generator().manual_seed(4))
-    assert torch.equal(hf_bitnet.unpack_weights(lk.to_hf_bitnet(q), dtype=torch.float32), q.float())
 
 
 def test_hf_to_lmops_conversion():

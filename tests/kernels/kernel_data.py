@@ -1,0 +1,37 @@
+"""Random test data shared by the kernel tests (never all zeros; odd shapes welcome)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def random_ternary(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, k) int8 in {-1, 0, 1}, uniformly; matrices of >= 3 elements hold all three codes."""
+    q = torch.randint(-1, 2, (n, k), dtype=torch.int8, generator=gen)
+    if n * k >= 3:
+        flat = q.view(-1)
+        start = int(torch.randint(0, n * k - 2, (), generator=gen))
+        flat[start : start + 3] = torch.tensor([-1, 0, 1], dtype=torch.int8)
+    return q
+
+
+def random_int8(m: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """(m, k) int8 uniform over -128..127; -128 and 127 both present when m * k >= 2."""
+    x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
+    if m * k >= 2:
+        flat = x.view(-1)
+        i, j = torch.randperm(m * k, generator=gen)[:2].tolist()
+        flat[i], flat[j] = -128, 127
+    return x
+
+
+def random_activations(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """Gaussian activations with a random magnitude per row (1e-2..1e2) and a few outliers, in ``dtype``."""
+    x = torch.randn(shape, generator=gen, dtype=torch.float32)
+    if x.numel() == 0:
+        return x.to(dtype)
+    row_scale = torch.exp(torch.empty(*shape[:-1], 1).uniform_(-4.6, 4.6, generator=gen))
+    x = x * row_scale
+    outliers = torch.rand(shape, generator=gen) < 0.01
+    x = torch.where(outliers, x * 8, x)
+    return x.to(dtype)
