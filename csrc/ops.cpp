@@ -4,6 +4,7 @@
 // Triton, reference) serve the same device key and LMOPS_BACKEND chooses among them.
 #include <torch/extension.h>
 
+#include "cpu/mole.h"
 #include "cpu/ternary.h"
 
 namespace {
@@ -29,4 +30,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ternary_linear", &lmops::cpu::ternary_linear, "W2A8 linear on (M, K)", pybind11::arg("x"),
         pybind11::arg("packed"), pybind11::arg("weight_scale"), pybind11::arg("bias") = pybind11::none(),
         pybind11::arg("isa") = "auto");
+  m.def("mole_gate_forward", &lmops::cpu::mole_gate_forward,
+        "MoLE gate in rank space: x (T, K) and the weight-only tensors of lmops_kernels.mole_rank -> (y, gates)",
+        pybind11::arg("x"), pybind11::arg("a"), pybind11::arg("wy"), pybind11::arg("b1"), pybind11::arg("gram"),
+        pybind11::arg("p"), pybind11::arg("c"), pybind11::arg("d"), pybind11::arg("scaling"),
+        pybind11::arg("temperature"), pybind11::arg("expert_mask") = pybind11::none(),
+        pybind11::arg("norm") = "layernorm", pybind11::arg("eps") = 1e-5);
 }

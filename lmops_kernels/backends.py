@@ -47,3 +47,33 @@ def _cpu_ternary_linear(
     x: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     return _native.module().ternary_linear(x.contiguous(), packed.contiguous(), weight_scale, bias, _native.cpu_isa())
+
+
+# ----------------------------------------------------------------------------------------------
+# mole_gate: reference (materializes the expert outputs), cpu (native, rank space), triton
+# ----------------------------------------------------------------------------------------------
+
+from . import mole_rank as _mole_rank  # noqa: E402
+from . import triton as _triton  # noqa: E402  (does not import triton itself)
+from .reference.mole import mole_gate as _ref_mole_gate  # noqa: E402
+
+dispatch.register("mole_gate", "reference", _ALL_DEVICES)(_ref_mole_gate)
+
+
+@dispatch.register("mole_gate", "cpu", ("cpu",), unavailable=_native_missing)
+def _cpu_mole_gate(x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps):
+    # Weight-only tensors (stacked A and B^T, Gram matrices, gate projections) come from a cache per
+    # weight set; the native kernel does the two GEMMs and one fused loop over tokens.
+    ex, gt = _mole_rank.cached_tensors(lora_A, lora_B, gate_weight, norm_weight, norm_bias)
+    return _native.module().mole_gate_forward(
+        x, ex.a, ex.wy, ex.b1, ex.gram, gt.p, gt.c, gt.d, scaling, temperature, expert_mask, norm, eps
+    )
+
+
+@dispatch.register(
+    "mole_gate", "triton", ("cuda", "cpu"), auto_devices=("cuda",), unavailable=_triton.unavailable
+)
+def _triton_mole_gate(x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps):
+    from .triton.mole import mole_gate
+
+    return mole_gate(x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps)

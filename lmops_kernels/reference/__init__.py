@@ -1,5 +1,6 @@
 """Plain-torch reference implementations: the specification of every lmops op."""
 
+from .mole import mole_gate
 from .packing import from_hf_bitnet, pack_ternary, packed_shape, to_hf_bitnet, unpack_ternary
 from .ternary import (
     quantize_activation_absmax,
@@ -10,6 +11,7 @@ from .ternary import (
 
 __all__ = [
     "from_hf_bitnet",
+    "mole_gate",
     "pack_ternary",
     "packed_shape",
     "quantize_activation_absmax",

@@ -342,8 +342,9 @@ def test_dispatch_forced_backends(use_backend, native_required):
 
 
 @pytest.mark.parametrize("forced", ["cuda", "triton"])
-def test_dispatch_unavailable_backend_raises(use_backend, forced):
+def test_dispatch_unavailable_backend_raises(use_backend, monkeypatch, forced):
     _, packed, gamma = packed_weights(9, 33, seed=27)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # with the interpreter on, Triton really runs on CPU
     use_backend(forced)
     with pytest.raises(RuntimeError, match=f"LMOPS_BACKEND={forced}.*{forced}"):
         lk.ternary_linear(torch.randn(2, 33), packed, gamma)

@@ -1,0 +1,73 @@
+"""Triton kernels of lmops ops and their host launchers (one module per op: ``mole.py``).
+
+Importing this package does not import ``triton``: the kernels are built on first use, so
+``import lmops_kernels`` works where triton is not installed. Triton serves CUDA tensors, and CPU
+tensors only under its interpreter (``TRITON_INTERPRET=1`` set before triton is imported), where
+the dispatcher uses it only when ``LMOPS_BACKEND=triton`` forces it: that is how CI tests the
+kernels without a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+_installed: bool | None = None
+
+
+def interpreting() -> bool:
+    """True when ``TRITON_INTERPRET=1``: kernels built now run in triton's interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def unavailable(device: str) -> str | None:
+    """None when the Triton kernels can run on ``device`` tensors, else why not."""
+    global _installed
+    if _installed is None:
+        _installed = importlib.util.find_spec("triton") is not None
+    if not _installed:
+        return "triton is not installed (pip install 'lmops[triton]')"
+    if device == "cpu":
+        if not interpreting():
+            return "Triton runs on CPU tensors only under its interpreter: set TRITON_INTERPRET=1 before importing triton"
+        return None
+    if device == "cuda":
+        import torch
+
+        return None if torch.cuda.is_available() else "CUDA is not available"
+    return f"Triton kernels run on cuda tensors (or cpu under TRITON_INTERPRET=1), not {device}"
+
+
+# ----------------------------------------------------------------------------------------------
+# ternary ops (kernels in ``ternary.py``): registered here as the ``triton`` backend; the functions
+# import the kernel module (and so triton) on first call only.
+# ----------------------------------------------------------------------------------------------
+
+
+def _register_ternary() -> None:
+    from .. import dispatch
+
+    def _triton_quantize_activation_absmax(x, bits=8):
+        from .ternary import quantize_activation_absmax
+
+        return quantize_activation_absmax(x, bits)
+
+    def _triton_ternary_matmul_int(x_q, packed):
+        from .ternary import ternary_matmul_int
+
+        return ternary_matmul_int(x_q, packed)
+
+    def _triton_ternary_linear(x, packed, weight_scale, bias=None):
+        from .ternary import ternary_linear
+
+        return ternary_linear(x, packed, weight_scale, bias)
+
+    for op, fn in (
+        ("quantize_activation_absmax", _triton_quantize_activation_absmax),
+        ("ternary_matmul_int", _triton_ternary_matmul_int),
+        ("ternary_linear", _triton_ternary_linear),
+    ):
+        dispatch.register(op, "triton", ("cuda", "cpu"), auto_devices=("cuda",), unavailable=unavailable)(fn)
+
+
+_register_ternary()
