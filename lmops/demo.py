@@ -33,6 +33,18 @@ from .layers import BitLinear
 __all__ = ["DemoConfig", "run_demo"]
 
 
+def kernel_at_scale() -> dict[str, float]:
+    """Median ms of one 4096x4096 decode GEMV (M=1): bf16 and float32 ``F.linear`` vs packed lmops,
+    interleaved, weight sets rotated past 4x L3 (the harness of :mod:`lmops.bench`, quick budget)."""
+    from . import bench
+
+    gen = torch.Generator().manual_seed(0)
+    q, packed = bench.random_packed(4096, 4096, gen)
+    calls = {p: bench.prepare_provider(p, 4096, 4096, 1, q, packed, gen) for p in ("lmops", "bf16", "fp32")}
+    med, _ = bench.time_interleaved(calls, quick=True)
+    return {f"{p}_ms": v * 1e3 for p, v in med.items()}
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """Sizes and budget of the demo. The defaults fit well under 5 minutes on 2 CPU cores.
@@ -57,6 +69,7 @@ class DemoConfig:
     steps: int = 1000
     seconds: float = 140.0
     threads: int | None = None
+    kernel_at_scale: bool = True
     lr: float = 4e-3
     warmup: float = 0.05
     weight_decay: float = 0.05
@@ -95,7 +108,7 @@ class DemoConfig:
         """A very small model and budget, one thread: the whole demo in a few seconds (smoke tests)."""
         base = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, context=32, batch_size=4,
                     steps=3, seconds=30.0, threads=1, eval_tokens=256, sample_bytes=16, decode_tokens=8,
-                    decode_repeats=1)
+                    decode_repeats=1, kernel_at_scale=False)
         base.update(overrides)
         return cls(**base)
 
@@ -457,6 +470,14 @@ def _run_demo(cfg: DemoConfig, echo: Callable[[str], None]) -> dict:
         "after a warm-up, batch 1, greedy. At this tiny size decode time is mostly Python and framework "
         "overhead, not the matmuls; `lmops bench` times the kernels alone.)"
     )
+    if cfg.kernel_at_scale:
+        report["kernel_at_scale"] = kernel_at_scale()
+        k = report["kernel_at_scale"]
+        echo(
+            f"At LLM scale, one 4096x4096 projection at decode (M=1, weights rotated past the L3 cache): "
+            f"bf16 F.linear {k['bf16_ms']:.3f} ms, float32 {k['fp32_ms']:.3f} ms, packed lmops {k['lmops_ms']:.3f} ms "
+            f"({k['bf16_ms'] / k['lmops_ms']:.1f}x bf16, {k['fp32_ms'] / k['lmops_ms']:.1f}x float32)."
+        )
 
     out = Path(cfg.out).expanduser().resolve()
     bitnet.save_pretrained(model, out)
