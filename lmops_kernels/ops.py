@@ -521,13 +521,15 @@ def mole_gate(
 
     Autograd: gradients flow to ``x``, ``gate_weight``, ``norm_weight``, ``norm_bias`` and
     ``temperature``. The experts are frozen, as in MoLE: ``lora_A``, ``lora_B`` and ``scaling`` must not
-    require grad while grad is enabled (``ValueError``).
+    require grad while grad is enabled (``ValueError``). The backward is the same on every backend:
+    plain torch in rank space (:func:`lmops_kernels.mole_rank.backward`), recomputing ``x A^T``.
 
     Checks: shapes, dtypes and devices always; ``temperature > 0`` and "at least one kept expert" on
     CPU tensors only (elsewhere they would synchronize the device; a non-positive temperature or an
-    all-False mask then gives non-finite outputs). Weight-only tensors derived from ``lora_A``,
-    ``lora_B``, the gate and the norm are cached per weight set (:mod:`lmops_kernels.mole_rank`);
-    in-place updates are seen through version counters, writes through ``.data`` are not.
+    all-False mask then gives wrong or non-finite outputs). Weight-only tensors derived from
+    ``lora_A``, ``lora_B``, the gate and the norm (a float32 copy of ``B^T`` stacked, Gram matrices,
+    gate projections) are cached per weight set (:mod:`lmops_kernels.mole_rank`); in-place updates
+    are seen through version counters, writes through ``.data`` are not.
     """
     if not _mole_shapes_ok(
         x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps
@@ -541,7 +543,8 @@ def mole_gate(
         and any(t is not None and t.requires_grad for t in (x, gate_weight, norm_weight, norm_bias, temperature))
     ):
         # Inference fast path (as ternary_linear's): the implementation the operator would reach,
-        # without the autograd wrapper's overhead.
+        # without the operator call's ~35 us (measured on 2 cores: 54 vs 19 us per call on tiny
+        # shapes), a sixth of a decode step's MoLE part at N=8, r=16, 4096x4096.
         y, gates = dispatch.select("mole_gate", x.device.type).fn(
             x2, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps
         )

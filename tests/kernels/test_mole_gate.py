@@ -127,6 +127,19 @@ def test_forward_matches_reference(backend, shape, norm, masked, affine):
         assert (gates[:, ~inputs[-1]] == 0).all()
 
 
+@pytest.mark.parametrize("t", [1, 5, 7])
+def test_forward_decode_sizes(backend, t):
+    """Large K and O with few tokens: the native kernel's multi-threaded matrix-vector path (T <= 6)
+    splits both weight matrices over the threads; T = 7 takes the GEMM path."""
+    if backend == "triton":
+        pytest.skip("triton interpreter: large shapes are slow; the cpu decode path is what this checks")
+    inputs = make_inputs(t, 3001, 1499, 3, 8, masked=True, seed=_seed("decode", t))
+    y, gates = lk.mole_gate(*inputs, norm="rmsnorm")
+    y64, g64 = ref64(inputs, "rmsnorm")
+    assert_close_rel(y, y64, 1e-5, "y")
+    torch.testing.assert_close(gates.double(), g64, rtol=0, atol=2e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_forward_half_dtypes(backend, dtype):
     inputs = make_inputs(17, 45, 31, 3, 8, dtype=dtype, seed=5)
