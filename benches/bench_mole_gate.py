@@ -24,9 +24,7 @@ warm-up call so the fused path's per-weight-set cache already exists; the cache 
 
 from __future__ import annotations
 
-import itertools
 import math
-import time
 
 import pytest
 import torch
@@ -178,16 +176,10 @@ def mole_sets():
 
 @pytest.mark.parametrize("m", MS)
 @pytest.mark.parametrize("provider", ["fused", "loop", "base", "base+fused"])
-def test_mole_gate(benchmark, mole_sets, rounds, provider, m):
+def test_mole_gate(benchmark, mole_sets, timed, provider, m):
     benchmark.group = f"mole_gate N={N} r={R} {K}x{O} M={m}"
     benchmark.extra_info.update({"provider": LABELS[provider], "m": m})
-    p = mole_sets.prepared(provider, m)
-    p.call(0)
-    t0 = time.perf_counter()
-    p.call(1)
-    per_call = time.perf_counter() - t0
-    counter = itertools.count(2)
-    benchmark.pedantic(lambda: p.call(next(counter)), rounds=rounds(per_call, budget_s=1.0), iterations=1)
+    timed(benchmark, mole_sets.prepared(provider, m), budget_s=1.0)
 
 
 def peak_alloc_bytes(fn) -> int:

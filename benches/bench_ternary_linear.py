@@ -11,8 +11,6 @@ loop and print the medians and ratios (the numbers for RESULTS.md); nothing here
 
 from __future__ import annotations
 
-import itertools
-import time
 
 import pytest
 
@@ -35,20 +33,12 @@ def _cases():
 
 
 @pytest.mark.parametrize("n,k,m,provider", _cases())
-def test_linear(benchmark, prepared, rounds, n, k, m, provider, request):
+def test_linear(benchmark, prepared, timed, n, k, m, provider, request):
     if provider == "hf":
         request.getfixturevalue("hf_bitlinear_available")
     benchmark.group = f"linear {n}x{k} M={m} ({'decode' if m == 1 else 'prefill'})"
     benchmark.extra_info.update({"provider": bench.LABELS[provider], "n": n, "k": k, "m": m})
-    p = prepared(provider, n, k, m)
-    p.call(0)  # warm-up (transformers compiles here)
-    t0 = time.perf_counter()
-    p.call(1)
-    per_call = time.perf_counter() - t0
-    benchmark.extra_info["weight_sets"] = p.n_sets
-    benchmark.extra_info["weight_bytes"] = p.weight_bytes
-    counter = itertools.count(2)  # every call on the next weight set
-    benchmark.pedantic(lambda: p.call(next(counter)), rounds=rounds(per_call), iterations=1)
+    timed(benchmark, prepared(provider, n, k, m))
 
 
 def _print_table(rows, capsys):

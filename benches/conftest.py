@@ -11,6 +11,8 @@ and these files measure the same way: rotated weight sets past 4x L3, interleave
 from __future__ import annotations
 
 import fnmatch
+import itertools
+import time
 
 import pytest
 import torch
@@ -105,3 +107,22 @@ def rounds_for(seconds_per_call: float, budget_s: float = 3.0, lo: int = 3, hi: 
 @pytest.fixture
 def rounds():
     return rounds_for
+
+
+def time_prepared(benchmark, p, budget_s: float = 3.0) -> None:
+    """Time ``p`` (an :class:`lmops.bench.Prepared`) with pytest-benchmark: one warm-up call (where
+    transformers compiles), one call to size the rounds, then every timed call on the next weight set."""
+    p.call(0)
+    t0 = time.perf_counter()
+    p.call(1)
+    per_call = time.perf_counter() - t0
+    benchmark.extra_info["weight_sets"] = p.n_sets
+    benchmark.extra_info["weight_bytes"] = p.weight_bytes
+    counter = itertools.count(2)
+    benchmark.pedantic(lambda: p.call(next(counter)), rounds=rounds_for(per_call, budget_s=budget_s), iterations=1)
+
+
+@pytest.fixture
+def timed():
+    """The :func:`time_prepared` helper, as a fixture for the bench files."""
+    return time_prepared

@@ -62,7 +62,6 @@ def pack_ternary(q: torch.Tensor) -> torch.Tensor:
     tiles = _tile_codes(q)  # [nb, kb, c, kk, j]
     shifts = torch.arange(4, device=q.device, dtype=torch.uint8) * 2
     bytes_ = (tiles << shifts).sum(dim=-1, dtype=torch.uint8)  # [nb, kb, c, kk]; disjoint bits, sum == or
-    nb, kb = bytes_.shape[0], bytes_.shape[1]
     full = n // N_BLOCK
     parts = [bytes_[:full].reshape(-1)]
     tail = n - full * N_BLOCK
