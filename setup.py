@@ -3,7 +3,7 @@
 The CPU kernels are always built. Instruction sets are selected at run time (csrc/cpu/ternary.cpp);
 the AVX2 and AVX-512 units get their instruction sets from `#pragma GCC target`, so the wheel carries
 no `-march=native` and runs on any x86-64 CPU. CUDA sources under csrc/cuda are added only where the
-installed torch has CUDA and `nvcc` is on the path.
+installed torch has CUDA, `nvcc` is on the path and LMOPS_BUILD_CUDA=1 (opt-in until their bindings land).
 """
 
 import glob
@@ -32,11 +32,13 @@ def _extension():
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=off", "-fvisibility=hidden"]
     sources = ["csrc/ops.cpp"] + _sources("csrc/cpu/*.cpp")
     cuda_sources = _sources("csrc/cuda/*.cu")
+    # The CUDA kernels have no bindings yet (they are compile-tested by tests/kernels/test_cuda_compile.py
+    # until a GPU can validate them), so building them into the extension is opt-in for now.
     with_cuda = (
         torch.version.cuda is not None
         and shutil.which("nvcc") is not None
         and bool(cuda_sources)
-        and os.environ.get("LMOPS_NO_CUDA", "0") != "1"
+        and os.environ.get("LMOPS_BUILD_CUDA", "0") == "1"
     )
     if with_cuda:
         return CUDAExtension(
