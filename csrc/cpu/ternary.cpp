@@ -131,24 +131,23 @@ void linear_impl(Isa isa, const at::Tensor& x, const at::Tensor& packed, float g
                  at::Tensor& y) {
   const int64_t K = x.size(-1), M = x.numel() / K, N = packed.size(0);
   const int64_t ldq = 16 * ((K + 15) / 16);
-  std::vector<int8_t> xq(M * ldq);
+  // Scratch buffers are left uninitialized: quantize_rows writes every byte of xq (padding included)
+  // and the GEMM every accumulator, so zero-filling them would only add memory traffic per call.
+  const at::Tensor xq = at::empty({M, ldq}, x.options().dtype(at::kChar));
+  const at::Tensor acc = at::empty({M, N}, x.options().dtype(at::kInt));
   std::vector<float> s(M);
   std::vector<int32_t> rowsum(M);
-  quantize_rows<T>(x.data_ptr<T>(), M, K, ldq, 8, xq.data(), s.data(), rowsum.data());
+  quantize_rows<T>(x.data_ptr<T>(), M, K, ldq, 8, xq.data_ptr<int8_t>(), s.data(), rowsum.data());
   std::vector<float> r(M);
   for (int64_t m = 0; m < M; ++m) r[m] = gamma / s[m];
-  std::vector<int32_t> acc(M * N);
   T* yp = y.data_ptr<T>();
-  std::vector<float> b32;
-  if (bias) {
-    const at::Tensor bf = bias->to(at::kFloat).contiguous();
-    b32.assign(bf.data_ptr<float>(), bf.data_ptr<float>() + N);
-  }
-  const float* bp = b32.empty() ? nullptr : b32.data();
-  run_gemm(isa, xq.data(), M, ldq, rowsum.data(), packed, N, acc.data(),
+  int32_t* ap = acc.data_ptr<int32_t>();
+  const at::Tensor b32 = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const float* bp = b32.defined() ? b32.data_ptr<float>() : nullptr;
+  run_gemm(isa, xq.data_ptr<int8_t>(), M, ldq, rowsum.data(), packed, N, ap,
            [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
              for (int64_t m = m0; m < m1; ++m) {
-               const int32_t* am = acc.data() + m * N;
+               const int32_t* am = ap + m * N;
                T* ym = yp + m * N;
                const float rm = r[m];
                if (bp) {
