@@ -2,8 +2,9 @@
 
 The CPU kernels are always built. Instruction sets are selected at run time (csrc/cpu/ternary.cpp);
 the AVX2 and AVX-512 units get their instruction sets from `#pragma GCC target`, so the wheel carries
-no `-march=native` and runs on any x86-64 CPU. CUDA sources under csrc/cuda are added only where the
-installed torch has CUDA, `nvcc` is on the path and LMOPS_BUILD_CUDA=1 (opt-in until their bindings land).
+no `-march=native` and runs on any x86-64 CPU. The CUDA kernels and their bindings (csrc/cuda) are built in
+where the installed torch has CUDA and `nvcc` is on the path, for the architectures in TORCH_CUDA_ARCH_LIST
+(default here: 8.0;9.0+PTX; the tensor-core GEMM needs sm_80+). LMOPS_BUILD_CUDA=0 skips them.
 """
 
 import glob
@@ -31,20 +32,25 @@ def _sources(pattern: str) -> list[str]:
 def _extension():
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=off", "-fvisibility=hidden"]
     sources = ["csrc/ops.cpp"] + _sources("csrc/cpu/*.cpp")
-    cuda_sources = _sources("csrc/cuda/*.cu")
-    # The CUDA kernels have no bindings yet (they are compile-tested by tests/kernels/test_cuda_compile.py
-    # until a GPU can validate them), so building them into the extension is opt-in for now.
+    cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
     with_cuda = (
         torch.version.cuda is not None
         and shutil.which("nvcc") is not None
         and bool(cuda_sources)
-        and os.environ.get("LMOPS_BUILD_CUDA", "0") == "1"
+        and os.environ.get("LMOPS_BUILD_CUDA", "1") != "0"
     )
     if with_cuda:
+        # torch's default arch list is the visible GPU's (or a long list when none is visible); the kernels
+        # need sm_80+ (int8 mma.sync): SASS for Ampere (runs on every sm_8x) and Hopper, PTX for later GPUs.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         return CUDAExtension(
             "lmops_kernels._C",
             sources + cuda_sources,
-            extra_compile_args={"cxx": cxx + ["-DLMOPS_WITH_CUDA"], "nvcc": ["-O3", "-DLMOPS_WITH_CUDA"]},
+            extra_compile_args={
+                "cxx": cxx + ["-DLMOPS_WITH_CUDA"],
+                # no --use_fast_math: the epilogue must round like the reference (see ternary_kernels.cuh)
+                "nvcc": ["-O3", "-DLMOPS_WITH_CUDA", "-lineinfo"],
+            },
             extra_link_args=["-fopenmp"],
         )
     return CppExtension("lmops_kernels._C", sources, extra_compile_args=cxx, extra_link_args=["-fopenmp"])

@@ -5,6 +5,7 @@ routed by :mod:`lmops_kernels.dispatch` (``LMOPS_BACKEND`` forces a backend).
 """
 
 from . import backends as _backends  # noqa: F401  (registers the implementations)
+from . import cuda_backend as _cuda_backend  # noqa: F401  (the CUDA kernels, where built)
 from .ops import (
     from_hf_bitnet,
     mole_gate,

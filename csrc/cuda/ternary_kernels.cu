@@ -1,8 +1,10 @@
 // W2A8 ternary kernels for NVIDIA GPUs (sm_80, sm_90). See ternary_kernels.cuh for the contract.
-// Compile-tested only (tests/kernels/test_cuda_compile.py); not yet run on a GPU.
+// Compile-tested in CI (tests/kernels/test_cuda_compile.py); run and checked on a GPU by tests/kernels/test_gpu_cuda.py.
 #include "ternary_kernels.cuh"
 
 #include <math.h>
+
+#include <type_traits>
 
 namespace lmops {
 namespace cuda {
@@ -58,7 +60,7 @@ __device__ __forceinline__ int32_t block_sum(int32_t v, int32_t* shm) {
 
 template <typename T>
 __global__ void __launch_bounds__(kQuantThreads)
-    quantize_rows_kernel(const T* __restrict__ x, int64_t K, int64_t ldq, int8_t* __restrict__ q,
+    quantize_rows_kernel(const T* __restrict__ x, int64_t K, int64_t ldq, float qmax, int8_t* __restrict__ q,
                          float* __restrict__ scale, int32_t* __restrict__ rowsum) {
   __shared__ float smax[kQuantThreads / 32];
   __shared__ int32_t ssum[kQuantThreads / 32];
@@ -75,15 +77,15 @@ __global__ void __launch_bounds__(kQuantThreads)
   }
   bad = __syncthreads_or(bad);
   amax = block_max(amax, smax);
-  // (1 / max(amax, 1e-5)) * 127, each step IEEE round-to-nearest, as torch evaluates ActQuant.
-  const float s = bad ? __int_as_float(0x7fc00000) : __fmul_rn(__frcp_rn(fmaxf(amax, 1e-5f)), 127.f);
+  // (1 / max(amax, 1e-5)) * qmax, each step IEEE round-to-nearest, as torch evaluates ActQuant.
+  const float s = bad ? __int_as_float(0x7fc00000) : __fmul_rn(__frcp_rn(fmaxf(amax, 1e-5f)), qmax);
 
   int32_t sum = 0;
   for (int64_t k = threadIdx.x; k < ldq; k += kQuantThreads) {
     int32_t v = 0;
     if (k < K && !bad) {
       float r = rintf(__fmul_rn(to_float(xr[k]), s));  // round half to even
-      r = fminf(fmaxf(r, -128.f), 127.f);
+      r = fminf(fmaxf(r, -qmax - 1.f), qmax);
       v = static_cast<int32_t>(r);
     }
     qr[k] = static_cast<int8_t>(v);
@@ -94,6 +96,23 @@ __global__ void __launch_bounds__(kQuantThreads)
     scale[m] = s;
     if (rowsum != nullptr) rowsum[m] = sum;
   }
+}
+
+// Zero-padded copy of int8 rows (for ternary_matmul_int, whose activations arrive quantized): one block
+// per row; q[m, k] = k < K ? x[m * ldx + k] : 0 for k < ldq, and rowsum[m] = the row's sum.
+__global__ void __launch_bounds__(kQuantThreads)
+    pad_rows_kernel(const int8_t* __restrict__ x, int64_t K, int64_t ldx, int64_t ldq, int8_t* __restrict__ q,
+                    int32_t* __restrict__ rowsum) {
+  __shared__ int32_t ssum[kQuantThreads / 32];
+  const int64_t m = blockIdx.x;
+  int32_t sum = 0;
+  for (int64_t k = threadIdx.x; k < ldq; k += kQuantThreads) {
+    const int8_t v = k < K ? x[m * ldx + k] : static_cast<int8_t>(0);
+    q[m * ldq + k] = v;
+    sum += v;
+  }
+  sum = block_sum(sum, ssum);
+  if (threadIdx.x == 0) rowsum[m] = sum;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -191,16 +210,19 @@ __global__ void __launch_bounds__(kGemvThreads)
   }
   __syncthreads();
 
-  const float g = *gamma;
   for (int o = tid; o < MT * 8; o += kGemvThreads) {
     const int m = o >> 3, c = o & 7;
     if (m < mrows && c < w) {
       int32_t a = -rowsum[m0 + m];
 #pragma unroll
       for (int wi = 0; wi < kGemvWarps; ++wi) a += part[wi][m][c];
-      const float r = __fdiv_rn(g, scale[m0 + m]);
       const int64_t n = nb * 8 + c;
-      y[(m0 + m) * N + n] = from_float<T>(epilogue(a, r, bias, n));
+      if constexpr (std::is_same<T, int32_t>::value) {
+        y[(m0 + m) * N + n] = a;  // raw product: gamma, scale and bias are unused (may be null)
+      } else {
+        const float r = __fdiv_rn(*gamma, scale[m0 + m]);
+        y[(m0 + m) * N + n] = from_float<T>(epilogue(a, r, bias, n));
+      }
     }
   }
 }
@@ -298,7 +320,8 @@ __global__ void __launch_bounds__(kGemmThreads)
   }
 
   if (w == 0) return;
-  const float gm = *gamma;
+  constexpr bool kRaw = std::is_same<T, int32_t>::value;  // ternary_matmul_int: no rescale
+  const float gm = kRaw ? 0.f : *gamma;
   // Accumulator fragment: c[h * 2 + i] is row g + 8 h, column 2 t + i.
 #pragma unroll
   for (int mt = 0; mt < kGemmBM / 16; ++mt)
@@ -306,14 +329,18 @@ __global__ void __launch_bounds__(kGemmThreads)
     for (int h = 0; h < 2; ++h) {
       const int64_t m = m0 + mt * 16 + g + 8 * h;
       if (m < M) {
-        const float r = __fdiv_rn(gm, scale[m]);
+        const float r = kRaw ? 0.f : __fdiv_rn(gm, scale[m]);
         const int32_t rs = rowsum[m];
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           const int c = 2 * t + i;
           if (c < w) {
             const int64_t n = nb * 8 + c;
-            y[m * N + n] = from_float<T>(epilogue(acc[mt][h * 2 + i] - rs, r, bias, n));
+            if constexpr (kRaw) {
+              y[m * N + n] = acc[mt][h * 2 + i] - rs;
+            } else {
+              y[m * N + n] = from_float<T>(epilogue(acc[mt][h * 2 + i] - rs, r, bias, n));
+            }
           }
         }
       }
@@ -332,10 +359,17 @@ void gemv_launch(dim3 grid, const int8_t* xq, const float* scale, const int32_t*
 }  // namespace
 
 template <typename T>
-cudaError_t launch_quantize_rows(const T* x, int64_t M, int64_t K, int64_t ldq, int8_t* q, float* scale,
+cudaError_t launch_quantize_rows(const T* x, int64_t M, int64_t K, int64_t ldq, float qmax, int8_t* q, float* scale,
                                  int32_t* rowsum, cudaStream_t stream) {
   if (M <= 0) return cudaSuccess;
-  quantize_rows_kernel<T><<<static_cast<unsigned>(M), kQuantThreads, 0, stream>>>(x, K, ldq, q, scale, rowsum);
+  quantize_rows_kernel<T><<<static_cast<unsigned>(M), kQuantThreads, 0, stream>>>(x, K, ldq, qmax, q, scale, rowsum);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_pad_rows(const int8_t* x, int64_t M, int64_t K, int64_t ldx, int64_t ldq, int8_t* q,
+                            int32_t* rowsum, cudaStream_t stream) {
+  if (M <= 0) return cudaSuccess;
+  pad_rows_kernel<<<static_cast<unsigned>(M), kQuantThreads, 0, stream>>>(x, K, ldx, ldq, q, rowsum);
   return cudaGetLastError();
 }
 
@@ -372,9 +406,10 @@ cudaError_t launch_ternary_gemm(const int8_t* xq, const float* scale, const int3
   return cudaGetLastError();
 }
 
+#define LMOPS_INSTANTIATE_QUANT(T)                                                                                \
+  template cudaError_t launch_quantize_rows<T>(const T*, int64_t, int64_t, int64_t, float, int8_t*, float*,      \
+                                               int32_t*, cudaStream_t);
 #define LMOPS_INSTANTIATE(T)                                                                                      \
-  template cudaError_t launch_quantize_rows<T>(const T*, int64_t, int64_t, int64_t, int8_t*, float*, int32_t*,    \
-                                               cudaStream_t);                                                    \
   template cudaError_t launch_ternary_gemv<T>(const int8_t*, const float*, const int32_t*, int64_t, int64_t,      \
                                               const uint8_t*, int64_t, int64_t, const float*, const float*, T*,  \
                                               cudaStream_t);                                                     \
@@ -382,10 +417,15 @@ cudaError_t launch_ternary_gemm(const int8_t* xq, const float* scale, const int3
                                               const uint8_t*, int64_t, int64_t, const float*, const float*, T*,  \
                                               cudaStream_t);
 
+LMOPS_INSTANTIATE_QUANT(float)
+LMOPS_INSTANTIATE_QUANT(__half)
+LMOPS_INSTANTIATE_QUANT(__nv_bfloat16)
 LMOPS_INSTANTIATE(float)
 LMOPS_INSTANTIATE(__half)
 LMOPS_INSTANTIATE(__nv_bfloat16)
+LMOPS_INSTANTIATE(int32_t)
 #undef LMOPS_INSTANTIATE
+#undef LMOPS_INSTANTIATE_QUANT
 
 }  // namespace cuda
 }  // namespace lmops

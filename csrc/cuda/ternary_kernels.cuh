@@ -23,29 +23,8 @@
 //   - No launcher allocates, synchronizes or reads device memory on the host: all are capturable in a
 //     CUDA graph. Each returns cudaGetLastError() of its launch (cudaSuccess for empty problems).
 //
-// BINDING PLAN (not wired yet; the lead adds it when a GPU can validate it):
-//   csrc/cuda/bindings.cpp (compiled by setup.py's CUDAExtension with -DLMOPS_WITH_CUDA) would
-//   #include <ATen/ATen.h>, <ATen/cuda/CUDAContext.h>, <c10/cuda/CUDAGuard.h>, <torch/library.h> and
-//   this header, and register TORCH_LIBRARY_IMPL(lmops, CUDA, m) for the schemas already declared in
-//   lmops_kernels/ops.py:
-//   * quantize_activation_absmax(x, bits): TORCH_CHECK(bits == 8) (the CUDA path is 8-bit only; other
-//     bits fall back or error), x CUDA, dtype in {float, half, bfloat16}; x = x.contiguous();
-//     c10::cuda::CUDAGuard guard(x.device()); M = numel / K; q = at::empty_like(x, kChar);
-//     scale = at::empty({..., 1}, kFloat); stream = at::cuda::getCurrentCUDAStream();
-//     AT_DISPATCH over the three dtypes (at::Half -> __half, at::BFloat16 -> __nv_bfloat16 via
-//     reinterpret_cast of data_ptr) -> launch_quantize_rows<T>(x, M, K, /*ldq=*/K, q, scale,
-//     /*rowsum=*/nullptr, stream); C10_CUDA_CHECK on the returned error.
-//   * ternary_linear(x, packed, weight_scale, bias): check x/packed/weight_scale/bias all on the same
-//     CUDA device (error naming both sides otherwise), packed uint8 contiguous of shape
-//     (N, 4 * ceil(K / 16)) and data_ptr % 16 == 0 (else .clone() it), weight_scale float32 numel 1
-//     (.to(kFloat) if not), bias (N,) -> bias.to(kFloat).contiguous(); ldq = 16 * ceil(K / 16);
-//     workspace: one at::empty of M * ldq int8 + M float + M int32 (caching allocator: graph-safe);
-//     launch_quantize_rows<T>(x, M, K, ldq, xq, s, rowsum, stream); then
-//     M <= 16 ? launch_ternary_gemv<T>(...) : launch_ternary_gemm<T>(...) into y = at::empty({..., N}, x).
-//   * ternary_matmul_int could reuse the GEMM with a raw int32 epilogue (not provided here).
-//   Then lmops_kernels/dispatch.py marks the "cuda" backend available when _native reports it, and
-//   the GPU tests (@pytest.mark.gpu) compare against the reference on odd shapes (N % 8 != 0,
-//   K % 16 != 0, K % 32 == 16 for the GEMM's half k-step, M in {1, 3, 16, 17, 65}, NaN rows).
+// Bindings: csrc/cuda/ops_cuda.cpp (the torch-facing functions, registered as the `cuda` backend by
+// lmops_kernels/cuda_backend.py). GPU tests: tests/kernels/test_gpu_cuda.py (@pytest.mark.gpu).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -56,14 +35,21 @@
 namespace lmops {
 namespace cuda {
 
-// Per-row absmax int8 quantization. One block per row. x: (M, K) contiguous; q: (M, ldq), ldq >= K,
-// columns [K, ldq) written as zero; scale: (M,) float32; rowsum: (M,) sum of the q row, or null.
+// Per-row absmax quantization. One block per row. x: (M, K) contiguous; qmax = 2^(bits-1) - 1 (127 for
+// int8), q in [-qmax - 1, qmax]; q: (M, ldq), ldq >= K, columns [K, ldq) written as zero; scale: (M,)
+// float32; rowsum: (M,) sum of the q row, or null.
 template <typename T>
-cudaError_t launch_quantize_rows(const T* x, int64_t M, int64_t K, int64_t ldq, int8_t* q, float* scale,
+cudaError_t launch_quantize_rows(const T* x, int64_t M, int64_t K, int64_t ldq, float qmax, int8_t* q, float* scale,
                                  int32_t* rowsum, cudaStream_t stream);
 
+// Zero-padded copy of already-quantized rows: x (M, K) int8 with row stride ldx -> q (M, ldq), and
+// rowsum (M,) int32 (what the matmul kernels subtract). For ternary_matmul_int.
+cudaError_t launch_pad_rows(const int8_t* x, int64_t M, int64_t K, int64_t ldx, int64_t ldq, int8_t* q,
+                            int32_t* rowsum, cudaStream_t stream);
+
 // Decode GEMV (intended for M <= 16; any M works, rows are processed 16 at a time per grid row).
-// y[m, n] = float(sum_k xq[m, k] * q[n, k]) * (gamma / scale[m]) (+ bias[n]).
+// y[m, n] = float(sum_k xq[m, k] * q[n, k]) * (gamma / scale[m]) (+ bias[n]). With T = int32_t, y is the
+// exact integer product and gamma, scale and bias are not read (pass null).
 template <typename T>
 cudaError_t launch_ternary_gemv(const int8_t* xq, const float* scale, const int32_t* rowsum, int64_t M,
                                 int64_t ldq, const uint8_t* packed, int64_t N, int64_t K, const float* gamma,
