@@ -36,10 +36,11 @@ E2E_SHAPE = dict(
 )
 
 
-def llama_config(num_layers: int | None = None):
+def llama_config(num_layers: int | None = None, **overrides):
+    """The E2E_SHAPE ``LlamaConfig``, with ``num_layers`` and any other field overridden."""
     from transformers import LlamaConfig
 
-    shape = dict(E2E_SHAPE)
+    shape = {**E2E_SHAPE, **overrides}
     if num_layers is not None:
         shape["num_hidden_layers"] = num_layers
     return LlamaConfig(**shape)
