@@ -258,7 +258,8 @@ def unconvert(model: nn.Module, dtype: torch.dtype | None = None, *, drop_rms_no
 
 def pack(model: nn.Module) -> nn.Module:
     """Call :meth:`BitLinear.pack` on every BitLinear of ``model`` (in place; idempotent): latent
-    weights become the 2-bit lmops tiled packing (``weight_packed`` uint8, ``weight_scale`` float32 (1,)).
+    weights become the 2-bit lmops packing (``weight_packed`` uint8, ``weight_scale`` float32 (1,)), kept in
+    memory in the layout the current backend reads best and saved in the canonical tiled layout.
     Raises ValueError when the model has no BitLinear."""
     layers = _bitlinears(model)  # holds the model itself when it is a BitLinear
     if not layers:

@@ -103,7 +103,7 @@ def hf_bitnet_to_lmops(
         if layer.rms_norm is not None:
             layer.rms_norm.to(dtype)
         model.set_submodule(name, layer)
-        sd[f"{name}.weight_packed"] = layer.weight_packed
+        sd[f"{name}.weight_packed"] = layer.weight_packed_as()  # state_dicts hold the canonical (tiled) layout
         sd[f"{name}.weight_scale"] = layer.weight_scale
         if bias is not None:
             sd[b_key] = layer.bias.detach()

@@ -2,13 +2,16 @@
 
 - ``reference``: plain torch (``lmops_kernels.reference``), every op, every device.
 - ``cpu``: the native extension (``csrc/cpu``), the hot ops on CPU tensors.
+
+Both read packed weights in the canonical ``"tiled"`` layout only (the default ``layouts`` of
+:func:`dispatch.register`); the op hands them that layout, converting when needed.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _native, dispatch
+from . import _native, dispatch, layouts
 from . import reference as ref
 
 _ALL_DEVICES = ("cpu", "cuda", "meta", "xpu", "mps")
@@ -20,10 +23,30 @@ for _op in (
     "unpack_ternary",
     "to_hf_bitnet",
     "from_hf_bitnet",
-    "ternary_matmul_int",
-    "ternary_linear",
 ):
     dispatch.register(_op, "reference", _ALL_DEVICES)(getattr(ref, _op))
+
+
+def _tiled_only(layout: str) -> None:
+    layouts.require(layout, ("tiled",), "reference/cpu")
+
+
+@dispatch.register("ternary_matmul_int", "reference", _ALL_DEVICES)
+def _ref_ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor, layout: str = "tiled") -> torch.Tensor:
+    _tiled_only(layout)
+    return ref.ternary_matmul_int(x_q, packed)
+
+
+@dispatch.register("ternary_linear", "reference", _ALL_DEVICES)
+def _ref_ternary_linear(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    layout: str = "tiled",
+) -> torch.Tensor:
+    _tiled_only(layout)
+    return ref.ternary_linear(x, packed, weight_scale, bias)
 
 
 def _native_missing(device: str) -> str | None:
@@ -38,14 +61,20 @@ def _cpu_quantize_activation_absmax(x: torch.Tensor, bits: int = 8) -> tuple[tor
 
 
 @dispatch.register("ternary_matmul_int", "cpu", ("cpu",), unavailable=_native_missing)
-def _cpu_ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+def _cpu_ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor, layout: str = "tiled") -> torch.Tensor:
+    _tiled_only(layout)
     return _native.module().ternary_matmul_int(x_q, packed, _native.cpu_isa())
 
 
 @dispatch.register("ternary_linear", "cpu", ("cpu",), unavailable=_native_missing)
 def _cpu_ternary_linear(
-    x: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    layout: str = "tiled",
 ) -> torch.Tensor:
+    _tiled_only(layout)
     return _native.module().ternary_linear(x.contiguous(), packed.contiguous(), weight_scale, bias, _native.cpu_isa())
 
 

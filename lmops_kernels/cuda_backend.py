@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _native, dispatch
+from . import _native, dispatch, layouts
 
 _capability_ok: dict[int, bool] = {}
 
@@ -42,10 +42,7 @@ def unavailable(device: str) -> str | None:
 
 
 def _tiled(layout: str) -> None:
-    if layout != "tiled":
-        # The op converts other layouts before calling (dispatch.Implementation.layouts); reaching here
-        # with one is a bug in the caller.
-        raise ValueError(f"layout: the cuda backend reads the 'tiled' layout, got {layout!r}")
+    layouts.require(layout, ("tiled",), "cuda")
 
 
 @dispatch.register("quantize_activation_absmax", "cuda", ("cuda",), unavailable=unavailable)

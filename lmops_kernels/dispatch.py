@@ -6,6 +6,10 @@ an implementation for it; a forced backend that cannot serve the call is an erro
 fallback. Ops whose only implementation is the reference (layout conversions, weight quantization)
 use it whatever is forced: there is nothing to choose.
 
+Each implementation of an op that reads packed ternary weights lists the packed layouts it reads
+(:mod:`lmops_kernels.layouts`), the one it reads best first; :func:`preferred_layout` tells a layer
+which layout to keep its weights in.
+
 Pattern after peft's ordered ``dispatch_*`` list, with the default (the reference) last.
 """
 
@@ -14,6 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from typing import Callable
+
+from . import layouts as layouts_mod
 
 BACKENDS: tuple[str, ...] = ("cuda", "triton", "cpu", "reference")
 ENV_VAR = "LMOPS_BACKEND"
@@ -25,7 +31,8 @@ class Implementation:
 
     ``devices``: device types it can run on when forced; ``auto_devices``: those where the automatic
     choice may pick it (Triton runs on CPU tensors only under its interpreter, and only when forced).
-    ``unavailable``: returns None when usable, else the reason.
+    ``unavailable``: returns None when usable, else the reason. ``layouts``: the packed weight
+    layouts it reads (ops that take packed weights), the one it reads best first.
     """
 
     backend: str
@@ -33,6 +40,7 @@ class Implementation:
     devices: frozenset[str]
     auto_devices: frozenset[str]
     unavailable: Callable[[str], str | None] = field(default=lambda device: None)
+    layouts: tuple[str, ...] = (layouts_mod.CANONICAL,)
 
 
 _TABLE: dict[str, dict[str, Implementation]] = {}
@@ -46,10 +54,20 @@ def register(
     *,
     auto_devices: tuple[str, ...] | None = None,
     unavailable: Callable[[str], str | None] | None = None,
+    layouts: tuple[str, ...] = (layouts_mod.CANONICAL,),
 ) -> Callable[[Callable], Callable]:
-    """Decorator: register ``fn`` as ``backend``'s implementation of ``op``."""
+    """Decorator: register ``fn`` as ``backend``'s implementation of ``op``.
+
+    ``layouts``: for ops taking packed weights, the layouts ``fn`` reads, best first; ``fn`` is
+    then always called with a ``layout=<one of them>`` keyword (the op converts other layouts).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    layouts = tuple(layouts)
+    if not layouts:
+        raise ValueError("layouts: expected at least one layout name, got ()")
+    for name in layouts:
+        layouts_mod.check_layout(name, "layouts")
 
     def deco(fn: Callable) -> Callable:
         _TABLE.setdefault(op, {})[backend] = Implementation(
@@ -58,6 +76,7 @@ def register(
             frozenset(devices),
             frozenset(devices if auto_devices is None else auto_devices),
             unavailable or (lambda device: None),
+            layouts,
         )
         _AUTO_CACHE.clear()
         return fn
@@ -106,6 +125,12 @@ def select(op: str, device_type: str) -> Implementation:
             _AUTO_CACHE[key] = impl
             return impl
     raise RuntimeError(f"no available backend of {op!r} runs on {device_type} tensors")
+
+
+def preferred_layout(op: str, device_type: str) -> str:
+    """The packed layout that the implementation :func:`select` picks now for ``op`` on
+    ``device_type`` tensors reads best (honours ``LMOPS_BACKEND``; raises as :func:`select` does)."""
+    return select(op, device_type).layouts[0]
 
 
 def backends_for(op: str) -> dict[str, str | None]:

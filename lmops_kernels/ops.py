@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch
+from . import dispatch, layouts
 
 _lib = torch.library.Library("lmops", "DEF")
 
@@ -21,8 +21,10 @@ _SCHEMAS = {
     "unpack_ternary": "unpack_ternary(Tensor packed, int out_features, int in_features) -> Tensor",
     "to_hf_bitnet": "to_hf_bitnet(Tensor q) -> Tensor",
     "from_hf_bitnet": "from_hf_bitnet(Tensor packed, int out_features) -> Tensor",
-    "ternary_matmul_int": "ternary_matmul_int(Tensor x_q, Tensor packed) -> Tensor",
-    "ternary_linear": "ternary_linear(Tensor x, Tensor packed, Tensor weight_scale, Tensor? bias=None) -> Tensor",
+    "ternary_matmul_int": 'ternary_matmul_int(Tensor x_q, Tensor packed, str layout="tiled") -> Tensor',
+    "ternary_linear": (
+        'ternary_linear(Tensor x, Tensor packed, Tensor weight_scale, Tensor? bias=None, str layout="tiled") -> Tensor'
+    ),
     "mole_gate": (
         "mole_gate(Tensor x, Tensor lora_A, Tensor lora_B, Tensor scaling, Tensor gate_weight, Tensor? norm_weight, "
         "Tensor? norm_bias, Tensor temperature, Tensor? expert_mask, str norm, float eps) -> (Tensor, Tensor)"
@@ -40,9 +42,32 @@ def _dispatching(name: str):
     return impl
 
 
+def _in_impl_layout(impl: dispatch.Implementation, packed: torch.Tensor, layout: str) -> tuple[torch.Tensor, str]:
+    """``packed`` in a layout ``impl`` reads: as given when it reads ``layout``, else converted to the
+    one it reads best (correct, but a copy per call: layers keep their weights in the right layout)."""
+    if layout in impl.layouts:
+        return packed, layout
+    want = impl.layouts[0]
+    return layouts.convert(packed, layout, want), want
+
+
+def _ternary_matmul_int_impl(x_q, packed, layout="tiled"):
+    impl = dispatch.select("ternary_matmul_int", x_q.device.type)
+    packed, layout = _in_impl_layout(impl, packed, layout)
+    return impl.fn(x_q, packed, layout=layout)
+
+
+def _ternary_linear_impl(x, packed, weight_scale, bias=None, layout="tiled"):
+    impl = dispatch.select("ternary_linear", x.device.type)
+    packed, layout = _in_impl_layout(impl, packed, layout)
+    return impl.fn(x, packed, weight_scale, bias, layout=layout)
+
+
+_LAYOUT_IMPLS = {"ternary_matmul_int": _ternary_matmul_int_impl, "ternary_linear": _ternary_linear_impl}
+
 for _name, _schema in _SCHEMAS.items():
     _lib.define(_schema)
-    _lib.impl(_name, _dispatching(_name), "CompositeExplicitAutograd")
+    _lib.impl(_name, _LAYOUT_IMPLS.get(_name) or _dispatching(_name), "CompositeExplicitAutograd")
 
 
 def _k_padded(in_features: int) -> int:
@@ -85,12 +110,12 @@ def _(packed, out_features):
 
 
 @torch.library.register_fake("lmops::ternary_matmul_int")
-def _(x_q, packed):
+def _(x_q, packed, layout="tiled"):
     return x_q.new_empty((x_q.shape[0], packed.shape[0]), dtype=torch.int32)
 
 
 @torch.library.register_fake("lmops::ternary_linear")
-def _(x, packed, weight_scale, bias=None):
+def _(x, packed, weight_scale, bias=None, layout="tiled"):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
@@ -100,10 +125,11 @@ def _(x, packed, weight_scale, bias=None):
 
 
 def _ternary_linear_setup(ctx, inputs, output):
-    x, packed, weight_scale, bias = inputs
+    x, packed, weight_scale, bias, layout = inputs
     ctx.save_for_backward(packed, weight_scale)
     ctx.in_features = x.shape[-1]
     ctx.has_bias = bias is not None
+    ctx.layout = layout
 
 
 def _ternary_linear_backward(ctx, grad_y):
@@ -112,11 +138,13 @@ def _ternary_linear_backward(ctx, grad_y):
     if ctx.needs_input_grad[0]:
         # d/dx of (Q(x) @ (q gamma)^T) with dQ/dx := identity (STE) is grad_y @ (q gamma).
         # The op itself, not the validating wrapper: under dynamic shapes the sizes are SymInts.
-        w = torch.ops.lmops.unpack_ternary(packed, packed.shape[0], ctx.in_features).to(grad_y.dtype)
+        # unpack_ternary reads the canonical layout only.
+        tiled = layouts.convert(packed, ctx.layout, layouts.CANONICAL)
+        w = torch.ops.lmops.unpack_ternary(tiled, packed.shape[0], ctx.in_features).to(grad_y.dtype)
         grad_x = (grad_y @ w) * weight_scale.to(grad_y.dtype)
     if ctx.has_bias and ctx.needs_input_grad[3]:
         grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
-    return grad_x, None, None, grad_bias
+    return grad_x, None, None, grad_bias, None
 
 
 torch.library.register_autograd(
@@ -242,21 +270,30 @@ def from_hf_bitnet(packed: torch.Tensor, out_features: int) -> torch.Tensor:
     return torch.ops.lmops.from_hf_bitnet(packed, out_features)
 
 
-def ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+def _check_layout_arg(layout: object) -> None:
+    # the common case first: one string comparison per call
+    if layout != "tiled" and layout not in layouts.LAYOUTS:
+        raise ValueError(f"layout: expected one of {layouts.LAYOUTS}, got {layout!r}")
+
+
+def ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor, *, layout: str = "tiled") -> torch.Tensor:
     """Exact integer product of int8 activations and packed ternary weights.
 
     Args:
         x_q: ``(M, K)`` int8.
-        packed: ``(N, 4 * ceil(K / 16))`` uint8 from :func:`pack_ternary`.
+        packed: ``(N, 4 * ceil(K / 16))`` uint8 from :func:`pack_ternary`, in layout ``layout``.
+        layout: ``packed``'s byte order, a name in :data:`lmops_kernels.layouts.LAYOUTS`; a backend
+            that does not read it gets a converted copy (see :func:`lmops_kernels.layouts.convert`).
     Returns:
-        ``(M, N)`` int32, bit-identical on every backend.
+        ``(M, N)`` int32, bit-identical on every backend and layout.
     """
+    _check_layout_arg(layout)
     _check_tensor("x_q", x_q)
     if x_q.dtype != torch.int8 or x_q.dim() != 2 or x_q.shape[1] == 0:
         raise TypeError(f"x_q: expected a 2-D int8 tensor (M, K >= 1), got {x_q.dtype} {tuple(x_q.shape)}")
     _check_packed(packed, None, x_q.shape[1])
     _check_same_device("x_q", x_q, "packed", packed)
-    return torch.ops.lmops.ternary_matmul_int(x_q.contiguous(), packed.contiguous())
+    return torch.ops.lmops.ternary_matmul_int(x_q.contiguous(), packed.contiguous(), layout)
 
 
 def ternary_linear(
@@ -264,6 +301,8 @@ def ternary_linear(
     packed: torch.Tensor,
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
+    *,
+    layout: str = "tiled",
 ) -> torch.Tensor:
     """BitNet b1.58 W2A8 linear: per-token int8 absmax activations times packed ternary weights.
 
@@ -272,14 +311,19 @@ def ternary_linear(
 
     Args:
         x: ``(..., K)`` float32|bfloat16|float16; any strides; leading dims may be empty.
-        packed: ``(N, 4 * ceil(K / 16))`` uint8 from :func:`pack_ternary`. The weight layout stores
-            ``K`` rounded up to 16, so callers that know ``in_features`` check it (``BitLinear`` does).
+        packed: ``(N, 4 * ceil(K / 16))`` uint8 from :func:`pack_ternary`, in layout ``layout``. The
+            weight layout stores ``K`` rounded up to 16, so callers that know ``in_features`` check it
+            (``BitLinear`` does).
         weight_scale: one-element floating tensor, gamma (``W ~= q * gamma``).
         bias: ``(N,)`` floating, or None.
+        layout: ``packed``'s byte order, a name in :data:`lmops_kernels.layouts.LAYOUTS`. Keep weights
+            in ``dispatch.preferred_layout("ternary_linear", device)``: a backend that does not read
+            ``layout`` gets a converted copy on every call.
     Returns:
         ``(..., N)`` in ``x``'s dtype. Rows of ``x`` holding NaN/Inf give NaN rows.
     """
     # Validation is written for speed: this runs once per layer per decoded token.
+    _check_layout_arg(layout)
     if not isinstance(x, torch.Tensor) or x.dtype not in _FLOAT_ACTIVATIONS:
         _check_tensor("x", x)
         raise TypeError(f"x: expected float32, bfloat16 or float16, got {x.dtype}")
@@ -300,6 +344,9 @@ def ternary_linear(
         raise ValueError(
             f"weight_scale: expected a one-element floating tensor, got {weight_scale.dtype} {tuple(weight_scale.shape)}"
         )
+    if weight_scale.device != x.device:
+        # GPU kernels read gamma on the device (no host sync, graph-capturable): no silent copies
+        _check_same_device("x", x, "weight_scale", weight_scale)
     if bias is not None:
         _check_tensor("bias", bias)
         if bias.shape != (packed.shape[0],) or not bias.dtype.is_floating_point:
@@ -313,8 +360,11 @@ def ternary_linear(
     ):
         # Inference fast path: the implementation the operator would reach, minus ~30 us of
         # autograd-wrapper overhead per call, a large share of one decode step of a layer.
-        return dispatch.select("ternary_linear", x.device.type).fn(x, packed, weight_scale, bias)
-    return torch.ops.lmops.ternary_linear(x, packed, weight_scale, bias)
+        impl = dispatch.select("ternary_linear", x.device.type)
+        if layout not in impl.layouts:
+            packed, layout = _in_impl_layout(impl, packed, layout)
+        return impl.fn(x, packed, weight_scale, bias, layout=layout)
+    return torch.ops.lmops.ternary_linear(x, packed, weight_scale, bias, layout)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -52,22 +52,26 @@ def _register_ternary() -> None:
 
         return quantize_activation_absmax(x, bits)
 
-    def _triton_ternary_matmul_int(x_q, packed):
+    def _triton_ternary_matmul_int(x_q, packed, layout="tiled"):
         from .ternary import ternary_matmul_int
 
-        return ternary_matmul_int(x_q, packed)
+        return ternary_matmul_int(x_q, packed, layout)
 
-    def _triton_ternary_linear(x, packed, weight_scale, bias=None):
+    def _triton_ternary_linear(x, packed, weight_scale, bias=None, layout="tiled"):
         from .ternary import ternary_linear
 
-        return ternary_linear(x, packed, weight_scale, bias)
+        return ternary_linear(x, packed, weight_scale, bias, layout)
 
-    for op, fn in (
-        ("quantize_activation_absmax", _triton_quantize_activation_absmax),
-        ("ternary_matmul_int", _triton_ternary_matmul_int),
-        ("ternary_linear", _triton_ternary_linear),
+    # The matmul kernels read both layouts; "rows" first: per column and k-block, 16 contiguous bytes
+    # (a plain 2-D tile load) instead of 4-byte runs at a stride that depends on the n-block.
+    for op, fn, layouts in (
+        ("quantize_activation_absmax", _triton_quantize_activation_absmax, ("tiled",)),
+        ("ternary_matmul_int", _triton_ternary_matmul_int, ("rows", "tiled")),
+        ("ternary_linear", _triton_ternary_linear, ("rows", "tiled")),
     ):
-        dispatch.register(op, "triton", ("cuda", "cpu"), auto_devices=("cuda",), unavailable=unavailable)(fn)
+        dispatch.register(
+            op, "triton", ("cuda", "cpu"), auto_devices=("cuda",), unavailable=unavailable, layouts=layouts
+        )(fn)
 
 
 _register_ternary()

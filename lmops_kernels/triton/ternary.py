@@ -10,13 +10,16 @@
 - ``_w2a8_gemm_kernel`` (prefill): one program per ``(BLOCK_M, BLOCK_N)`` tile; the weight tile is
   decoded to int8 in registers and fed to ``tl.dot(..., out_dtype=tl.int32)``.
 
-Both matmul kernels read the canonical lmops tiled layout (:mod:`lmops_kernels.reference.packing`)
-directly: for output column ``n`` in n-block ``nb = n // 8`` of width ``w = min(8, N - 8 nb)`` and
-k-block ``kb``, the bytes ``c * 4 + kk`` (``c = n % 8``) of that k-block start at
-``nb * KB * 32 + kb * 4 * w``; bit pair ``j`` holds ``k = 16 kb + 4 j + kk``. A tile of ``BLOCK_KB``
-k-blocks is loaded as ``(BLOCK_N, 4 * BLOCK_KB)`` bytes (column ``4 kb' + kk``); bit pair ``j`` of it
-is the weight tile of the k positions ``16 kb + 4 j + kk``, so the activations are gathered at those
-positions and the four ``j`` slices are summed (integer sums: the order does not matter).
+Both matmul kernels read two packed layouts (:mod:`lmops_kernels.layouts`), chosen by the ``ROWS``
+constexpr. ``ROWS``: byte ``kk`` of k-block ``kb`` of output column ``n`` is at
+``n * 4 KB + 4 kb + kk``, so a column's bytes are contiguous. Otherwise the canonical tiled layout
+(:mod:`lmops_kernels.reference.packing`): for ``n`` in n-block ``nb = n // 8`` of width
+``w = min(8, N - 8 nb)``, the bytes ``c * 4 + kk`` (``c = n % 8``) of k-block ``kb`` start at
+``nb * KB * 32 + kb * 4 * w``. In both, bit pair ``j`` holds ``k = 16 kb + 4 j + kk``. A tile of
+``BLOCK_KB`` k-blocks is loaded as ``(BLOCK_N, 4 * BLOCK_KB)`` bytes (column ``4 kb' + kk``); bit
+pair ``j`` of it is the weight tile of the k positions ``16 kb + 4 j + kk``, so the activations are
+gathered at those positions and the four ``j`` slices are summed (integer sums: the order does not
+matter).
 
 Epilogue (fused, float32, same order as the reference): ``y = float(acc) * (gamma / s) (+ bias)``,
 cast to ``x``'s dtype. The division is ``div_rn`` (IEEE) and FMA contraction is disabled
@@ -73,7 +76,7 @@ def _absmax_quant_kernel(
 def _w2a8_gemv_kernel(
     x_ptr, w_ptr, out_ptr, s_ptr, gamma_ptr, bias_ptr,
     M, N, K, KB, stride_x, M_BUCKET,
-    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
 ):
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -82,17 +85,21 @@ def _w2a8_gemv_kernel(
     row_ok = rows < M
     nb = cols // 8
     width = tl.minimum(N - nb * 8, 8)
-    col_base = nb.to(tl.int64) * KB * 32 + (cols % 8) * 4  # byte of (column, k-block 0, kk 0)
+    if ROWS:
+        col_base = cols.to(tl.int64) * KB * 4
+    else:
+        col_base = nb.to(tl.int64) * KB * 32 + (cols % 8) * 4  # byte of (column, k-block 0, kk 0)
     t = tl.arange(0, 4 * BLOCK_KB)  # 4 kb' + kk
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for kb0 in range(0, KB, BLOCK_KB):
         kb = kb0 + t // 4
         kk = t % 4
         kb_ok = kb < KB
-        byte = tl.load(
-            w_ptr + col_base[:, None] + kb[None, :] * (4 * width[:, None]) + kk[None, :],
-            mask=col_ok[:, None] & kb_ok[None, :], other=0x55,
-        ).to(tl.int32)
+        if ROWS:
+            w_off = col_base[:, None] + (kb0 * 4 + t)[None, :]
+        else:
+            w_off = col_base[:, None] + kb[None, :] * (4 * width[:, None]) + kk[None, :]
+        byte = tl.load(w_ptr + w_off, mask=col_ok[:, None] & kb_ok[None, :], other=0x55).to(tl.int32)
         for j in tl.static_range(4):
             wj = ((byte >> (2 * j)) & 3) - 1  # (BLOCK_N, 4 BLOCK_KB), k = 16 kb + 4 j + kk
             ks = kb * 16 + 4 * j + kk
@@ -116,7 +123,7 @@ def _w2a8_gemv_kernel(
 def _w2a8_gemm_kernel(
     x_ptr, w_ptr, out_ptr, s_ptr, gamma_ptr, bias_ptr,
     M, N, K, KB, stride_x, M_BUCKET,
-    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -125,7 +132,10 @@ def _w2a8_gemm_kernel(
     col_ok = cols < N
     nb = cols // 8
     width = tl.minimum(N - nb * 8, 8)
-    col_base = nb.to(tl.int64) * KB * 32 + (cols % 8) * 4
+    if ROWS:
+        col_base = cols.to(tl.int64) * KB * 4
+    else:
+        col_base = nb.to(tl.int64) * KB * 32 + (cols % 8) * 4
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_x
     t = tl.arange(0, 4 * BLOCK_KB)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
@@ -133,11 +143,12 @@ def _w2a8_gemm_kernel(
         kb = kb0 + t // 4
         kk = t % 4
         kb_ok = kb < KB
+        if ROWS:
+            w_off = col_base[None, :] + (kb0 * 4 + t)[:, None]
+        else:
+            w_off = col_base[None, :] + kb[:, None] * (4 * width[None, :]) + kk[:, None]
         # (4 BLOCK_KB, BLOCK_N): the transposed byte tile, ready as the right operand of tl.dot
-        byte = tl.load(
-            w_ptr + col_base[None, :] + kb[:, None] * (4 * width[None, :]) + kk[:, None],
-            mask=kb_ok[:, None] & col_ok[None, :], other=0x55,
-        )
+        byte = tl.load(w_ptr + w_off, mask=kb_ok[:, None] & col_ok[None, :], other=0x55)
         for j in tl.static_range(4):
             wj = (((byte >> (2 * j)) & 3).to(tl.int8) - 1).to(tl.int8)
             ks = kb * 16 + 4 * j + kk
@@ -244,7 +255,7 @@ def quantize_activation_absmax(x: torch.Tensor, bits: int = 8) -> tuple[torch.Te
     return q.view(x.shape), s.view(*x.shape[:-1], 1)
 
 
-def _matmul(x_q, packed, out, s, gamma, bias, k) -> None:
+def _matmul(x_q, packed, out, s, gamma, bias, k, layout: str) -> None:
     _, gemv, gemm = _kernels()
     m = x_q.shape[0]
     n = packed.shape[0]
@@ -259,6 +270,7 @@ def _matmul(x_q, packed, out, s, gamma, bias, k) -> None:
         m, n, k, kb, x_q.stride(0), _m_bucket(m),
     )
     opts = _fast_options()
+    opts["ROWS"] = layout == "rows"
     if m <= GEMV_MAX_M:
         block_m = max(1, triton.next_power_of_2(m))
         gemv[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
@@ -270,19 +282,25 @@ def _matmul(x_q, packed, out, s, gamma, bias, k) -> None:
         )
 
 
-def ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-    """As :func:`lmops_kernels.ternary_matmul_int`: ``x_q (M, K) int8`` -> ``(M, N) int32``, exact."""
+def ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor, layout: str = "tiled") -> torch.Tensor:
+    """As :func:`lmops_kernels.ternary_matmul_int`: ``x_q (M, K) int8`` -> ``(M, N) int32``, exact;
+    ``packed`` in layout ``"rows"`` or ``"tiled"``."""
     x_q = x_q if x_q.stride(-1) == 1 else x_q.contiguous()
     packed = packed.contiguous()
     out = torch.empty((x_q.shape[0], packed.shape[0]), dtype=torch.int32, device=x_q.device)
-    _matmul(x_q, packed, out, None, None, None, x_q.shape[1])
+    _matmul(x_q, packed, out, None, None, None, x_q.shape[1], layout)
     return out
 
 
 def ternary_linear(
-    x: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    layout: str = "tiled",
 ) -> torch.Tensor:
-    """As :func:`lmops_kernels.ternary_linear`: ``(..., K)`` -> ``(..., N)`` in ``x``'s dtype."""
+    """As :func:`lmops_kernels.ternary_linear`: ``(..., K)`` -> ``(..., N)`` in ``x``'s dtype;
+    ``packed`` in layout ``"rows"`` or ``"tiled"``."""
     x2 = _rows(x)
     k = x2.shape[1]
     packed = packed.contiguous()
@@ -292,5 +310,5 @@ def ternary_linear(
     gamma = weight_scale.reshape(1)
     if bias is not None:
         bias = bias.contiguous()
-    _matmul(q, packed, y, s, gamma, bias, q.shape[1])
+    _matmul(q, packed, y, s, gamma, bias, q.shape[1], layout)
     return y.view(*x.shape[:-1], n)

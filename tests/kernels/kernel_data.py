@@ -1,4 +1,5 @@
-"""Random test data shared by the kernel tests (never all zeros; odd shapes welcome)."""
+"""Random test data shared by the kernel tests (never all zeros; odd shapes welcome), and the exact
+comparison the backend tests use."""
 
 from __future__ import annotations
 
@@ -35,3 +36,24 @@ def random_activations(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Ge
     outliers = torch.rand(shape, generator=gen) < 0.01
     x = torch.where(outliers, x * 8, x)
     return x.to(dtype)
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (test data is made on the CPU, then moved)."""
+    return torch.Generator().manual_seed(seed)
+
+
+def assert_same(got: torch.Tensor, want: torch.Tensor) -> None:
+    """``got`` (any device) equals ``want`` bit for bit: dtype, shape, values, NaN positions."""
+    got = got.cpu()
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
+    if got.dtype.is_floating_point:
+        assert torch.equal(got.isnan(), want.isnan()), "NaN positions differ"
+        got, want = got.nan_to_num(), want.nan_to_num()
+    bad = got != want
+    if bad.any():
+        idx = bad.nonzero()[:5].tolist()
+        raise AssertionError(
+            f"{int(bad.sum())} mismatches, first at {idx}: got {[got[tuple(i)].item() for i in idx]}, "
+            f"want {[want[tuple(i)].item() for i in idx]}"
+        )

@@ -29,7 +29,7 @@ from lmops_kernels import cuda_backend, dispatch
 from lmops_kernels import reference as ref
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kernel_data import random_activations, random_int8, random_ternary  # noqa: E402
+from kernel_data import assert_same, random_activations, random_int8, random_ternary, seeded  # noqa: E402
 
 _REASON = cuda_backend.unavailable("cuda")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=f"cuda backend: {_REASON}")]
@@ -43,24 +43,10 @@ def cuda_forced(monkeypatch):
     monkeypatch.setenv("LMOPS_BACKEND", "cuda")
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _assert_same(got: torch.Tensor, want: torch.Tensor) -> None:
-    got = got.cpu()
-    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
-    if got.dtype.is_floating_point:
-        assert torch.equal(got.isnan(), want.isnan())
-        got, want = got.nan_to_num(), want.nan_to_num()
-    bad = got != want
-    assert not bad.any(), f"{int(bad.sum())} mismatches, first at {bad.nonzero()[:5].tolist()}"
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m,k", [(1, 33), (3, 100), (17, 4097), (5, 1)])
 def test_cuda_quantize_activation(cuda_forced, dtype, m, k):
-    x = random_activations((m, k), dtype, _gen(m * 1000 + k))
+    x = random_activations((m, k), dtype, seeded(m * 1000 + k))
     if m >= 3:
         x[1, k // 2] = float("nan")
         x[2, 0] = float("-inf")
@@ -68,25 +54,25 @@ def test_cuda_quantize_activation(cuda_forced, dtype, m, k):
     for bits in (8, 4, 2):
         q, s = lk.quantize_activation_absmax(x.cuda(), bits)
         q_ref, s_ref = ref.quantize_activation_absmax(x, bits)
-        _assert_same(q, q_ref)
-        _assert_same(s, s_ref)
+        assert_same(q, q_ref)
+        assert_same(s, s_ref)
 
 
 def test_cuda_quantize_strided_and_batched(cuda_forced):
-    x3 = random_activations((2, 3, 80), torch.float32, _gen(5)).cuda()[..., ::2]
+    x3 = random_activations((2, 3, 80), torch.float32, seeded(5)).cuda()[..., ::2]
     q, s = lk.quantize_activation_absmax(x3)
     q_ref, s_ref = ref.quantize_activation_absmax(x3.cpu())
-    _assert_same(q, q_ref)
-    _assert_same(s, s_ref)
+    assert_same(q, q_ref)
+    assert_same(s, s_ref)
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
 def test_cuda_matmul_int(cuda_forced, m, k, n):
-    gen = _gen(m * 7 + k * 13 + n)
+    gen = seeded(m * 7 + k * 13 + n)
     x_q = random_int8(m, k, gen)
     packed = lk.pack_ternary(random_ternary(n, k, gen))
     assert dispatch.select("ternary_matmul_int", "cuda").backend == "cuda"
-    _assert_same(lk.ternary_matmul_int(x_q.cuda(), packed.cuda()), ref.ternary_matmul_int(x_q, packed))
+    assert_same(lk.ternary_matmul_int(x_q.cuda(), packed.cuda()), ref.ternary_matmul_int(x_q, packed))
 
 
 def test_cuda_matmul_int_extremes(cuda_forced):
@@ -97,13 +83,13 @@ def test_cuda_matmul_int_extremes(cuda_forced):
     q[::2] = -1
     packed = lk.pack_ternary(q)
     for rows in (m, 2):  # GEMM and GEMV
-        _assert_same(lk.ternary_matmul_int(x_q[:rows].cuda(), packed.cuda()), ref.ternary_matmul_int(x_q[:rows], packed))
+        assert_same(lk.ternary_matmul_int(x_q[:rows].cuda(), packed.cuda()), ref.ternary_matmul_int(x_q[:rows], packed))
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
 @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
 def test_cuda_linear_float32(cuda_forced, m, k, n, with_bias):
-    gen = _gen(m * 31 + k * 3 + n + with_bias)
+    gen = seeded(m * 31 + k * 3 + n + with_bias)
     x = random_activations((m, k), torch.float32, gen)
     if m >= 3:
         x[2, 1] = float("nan")  # that output row is NaN, the others are unaffected
@@ -112,13 +98,13 @@ def test_cuda_linear_float32(cuda_forced, m, k, n, with_bias):
     bias = torch.randn(n, generator=gen) if with_bias else None
     assert dispatch.select("ternary_linear", "cuda").backend == "cuda"
     got = lk.ternary_linear(x.cuda(), packed.cuda(), gamma.cuda(), None if bias is None else bias.cuda())
-    _assert_same(got, ref.ternary_linear(x, packed, gamma, bias))
+    assert_same(got, ref.ternary_linear(x, packed, gamma, bias))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m,k,n", [SHAPES[1], SHAPES[3], SHAPES[4]])
 def test_cuda_linear_half(cuda_forced, dtype, m, k, n):
-    gen = _gen(m + k + n)
+    gen = seeded(m + k + n)
     x = random_activations((2, m, k), dtype, gen)
     packed = lk.pack_ternary(random_ternary(n, k, gen))
     gamma = torch.tensor(0.02, dtype=torch.float32)
@@ -131,7 +117,7 @@ def test_cuda_linear_half(cuda_forced, dtype, m, k, n):
 
 
 def test_cuda_linear_noncontiguous_and_unaligned(cuda_forced):
-    gen = _gen(11)
+    gen = seeded(11)
     x = random_activations((4, 7, 130), torch.float32, gen).cuda()[:, ::2, 1:]  # (4, 4, 129), strided
     packed = lk.pack_ternary(random_ternary(21, 129, gen))
     storage = torch.empty(packed.numel() + 3, dtype=torch.uint8, device="cuda")
@@ -139,12 +125,12 @@ def test_cuda_linear_noncontiguous_and_unaligned(cuda_forced):
     unaligned.copy_(packed.cuda())
     gamma = torch.tensor([0.5])
     got = lk.ternary_linear(x, unaligned, gamma.cuda())
-    _assert_same(got, ref.ternary_linear(x.cpu(), packed, gamma))
+    assert_same(got, ref.ternary_linear(x.cpu(), packed, gamma))
 
 
 def test_cuda_weight_scale_device_error(cuda_forced):
     x = torch.randn(2, 32, device="cuda")
-    packed = lk.pack_ternary(random_ternary(5, 32, _gen(1))).cuda()
+    packed = lk.pack_ternary(random_ternary(5, 32, seeded(1))).cuda()
     with pytest.raises(ValueError, match="weight_scale"):
         lk.ternary_linear(x, packed, torch.tensor(1.0))
 
@@ -152,7 +138,7 @@ def test_cuda_weight_scale_device_error(cuda_forced):
 def _packed_layer(k: int, n: int):
     from lmops.layers.bitlinear import BitLinear
 
-    gen = _gen(k + n)
+    gen = seeded(k + n)
     return BitLinear.from_ternary(random_ternary(n, k, gen), 0.05, torch.randn(n, generator=gen)).cuda().eval()
 
 
@@ -176,7 +162,7 @@ def test_cuda_graph_capture(monkeypatch, backend, m):
     _skip_without(backend)
     monkeypatch.setenv("LMOPS_BACKEND", backend)
     layer = _packed_layer(300, 77)
-    x = random_activations((m, 300), torch.float32, _gen(m)).cuda()
+    x = random_activations((m, 300), torch.float32, seeded(m)).cuda()
     with torch.no_grad():
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -187,11 +173,11 @@ def test_cuda_graph_capture(monkeypatch, backend, m):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             y = layer(x)
-        x.copy_(random_activations((m, 300), torch.float32, _gen(m + 1)).cuda())
+        x.copy_(random_activations((m, 300), torch.float32, seeded(m + 1)).cuda())
         layer.weight_scale.fill_(0.125)  # read on the device by the kernels: the replay must see it
         graph.replay()
         torch.cuda.synchronize()
-    _assert_same(y, _ref_layer(layer, x))
+    assert_same(y, _ref_layer(layer, x))
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
@@ -199,7 +185,7 @@ def test_torch_compile_packed_bitlinear(monkeypatch, backend):
     _skip_without(backend)
     monkeypatch.setenv("LMOPS_BACKEND", backend)
     layer = _packed_layer(257, 65)
-    x = random_activations((3, 5, 257), torch.bfloat16, _gen(3)).cuda()
+    x = random_activations((3, 5, 257), torch.bfloat16, seeded(3)).cuda()
     compiled = torch.compile(layer, fullgraph=True)
     with torch.no_grad():
         got = compiled(x)
@@ -218,14 +204,14 @@ def test_bitlinear_checkpoint_cpu_gpu_round_trip(monkeypatch):
     monkeypatch.delenv("LMOPS_BACKEND", raising=False)
     from lmops.layers.bitlinear import BitLinear
 
-    gen = _gen(99)
+    gen = seeded(99)
     cpu_layer = BitLinear.from_ternary(random_ternary(45, 70, gen), 0.03, torch.randn(45, generator=gen)).eval()
     x = random_activations((6, 70), torch.float32, gen)
     want = cpu_layer(x)
     gpu_layer = BitLinear.from_ternary(random_ternary(45, 70, gen), 1.0, torch.randn(45, generator=gen)).cuda()
     gpu_layer.load_state_dict(cpu_layer.state_dict())
-    _assert_same(gpu_layer(x.cuda()), want)
+    assert_same(gpu_layer(x.cuda()), want)
     back = gpu_layer.cpu()
     for key, value in back.state_dict().items():
         assert torch.equal(value, cpu_layer.state_dict()[key]), key
-    _assert_same(back(x), want)
+    assert_same(back(x), want)

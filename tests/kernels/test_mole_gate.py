@@ -347,7 +347,10 @@ def test_triton_backend_in_subprocess():
 
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1", LMOPS_BACKEND="triton")
+    # the subprocess imports the same lmops_kernels as this one, installed or not (pytest's cwd is here)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(lk.__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, TRITON_INTERPRET="1", LMOPS_BACKEND="triton", PYTHONPATH=path)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider", "-k", "triton", "-W", "ignore"],
         env=env, capture_output=True, text=True, timeout=600, cwd=os.path.dirname(__file__),

@@ -3,7 +3,9 @@
 Checks: ``quantize_activation_absmax`` bit-identical (with a NaN row and an Inf row),
 ``ternary_matmul_int`` bit-identical int32 (decode kernel for M <= 16, tl.dot GEMM above),
 ``ternary_linear`` equal in float32 and close in bfloat16, on odd shapes whose K and N are not
-multiples of the block sizes (the last n-block of the packed layout is narrower than 8).
+multiples of the block sizes (the last n-block of the packed layout is narrower than 8), with the
+weights in each packed layout the kernels read (``rows``, preferred, and the canonical ``tiled``);
+a packed ``BitLinear`` keeps ``rows`` weights under this backend and a backend-neutral state_dict.
 
 On CPU the kernels run under Triton's interpreter, which must see ``TRITON_INTERPRET=1`` before
 triton is imported; when this process did not start with it (another test module may have imported
@@ -22,11 +24,11 @@ import pytest
 import torch
 
 import lmops_kernels as lk
-from lmops_kernels import dispatch
+from lmops_kernels import dispatch, layouts
 from lmops_kernels import reference as ref
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kernel_data import random_activations, random_int8, random_ternary  # noqa: E402
+from kernel_data import assert_same, random_activations, random_int8, random_ternary, seeded  # noqa: E402
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 TRITON_IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1" and HAS_TRITON
@@ -48,24 +50,6 @@ def triton_backend(monkeypatch):
     monkeypatch.setenv("LMOPS_BACKEND", "triton")
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _first_mismatch(a: torch.Tensor, b: torch.Tensor) -> str:
-    bad = ~((a == b) | (a.isnan() & b.isnan())) if a.dtype.is_floating_point else a != b
-    idx = bad.nonzero()[:5].tolist()
-    return f"{int(bad.sum())} mismatches, first at {idx}: got {[a[tuple(i)].item() for i in idx]}, want {[b[tuple(i)].item() for i in idx]}"
-
-
-def _assert_same(got: torch.Tensor, want: torch.Tensor) -> None:
-    got = got.cpu()
-    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
-    assert torch.equal(got, want) or (
-        got.dtype.is_floating_point and torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
-    ), _first_mismatch(got, want)
-
-
 # ---------------------------------------------------------------------------------------------
 # correctness against the reference
 # ---------------------------------------------------------------------------------------------
@@ -75,15 +59,15 @@ def _assert_same(got: torch.Tensor, want: torch.Tensor) -> None:
 @pytest.mark.parametrize("m,k", QUANT_SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_quantize_activation(triton_backend, device, m, k, dtype):
-    x = random_activations((m, k), dtype, _gen(m * 1000 + k))
+    x = random_activations((m, k), dtype, seeded(m * 1000 + k))
     if m >= 3:
         x[1, k // 2] = float("nan")
         x[2, 0] = float("-inf")
     assert dispatch.select("quantize_activation_absmax", device).backend == "triton"
     q, s = lk.quantize_activation_absmax(x.to(device))
     q_ref, s_ref = ref.quantize_activation_absmax(x)
-    _assert_same(q, q_ref)
-    _assert_same(s, s_ref)
+    assert_same(q, q_ref)
+    assert_same(s, s_ref)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -94,25 +78,28 @@ def test_triton_quantize_ties_and_bits(triton_backend, device):
     for bits in (8, 4, 2):
         q, s = lk.quantize_activation_absmax(x.to(device), bits)
         q_ref, s_ref = ref.quantize_activation_absmax(x, bits)
-        _assert_same(q, q_ref)
-        _assert_same(s, s_ref)
+        assert_same(q, q_ref)
+        assert_same(s, s_ref)
     # leading dims and a non-contiguous input
-    x3 = random_activations((2, 3, 40), torch.float32, _gen(5)).to(device)[..., ::2]
+    x3 = random_activations((2, 3, 40), torch.float32, seeded(5)).to(device)[..., ::2]
     q, s = lk.quantize_activation_absmax(x3)
     q_ref, s_ref = ref.quantize_activation_absmax(x3.cpu())
-    _assert_same(q, q_ref)
-    _assert_same(s, s_ref)
+    assert_same(q, q_ref)
+    assert_same(s, s_ref)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("m,k,n", SHAPES)
-def test_triton_matmul_int(triton_backend, device, m, k, n):
-    gen = _gen(m * 7 + k * 13 + n)
+@pytest.mark.parametrize("layout", layouts.LAYOUTS)
+def test_triton_matmul_int(triton_backend, device, m, k, n, layout):
+    gen = seeded(m * 7 + k * 13 + n)
     x_q = random_int8(m, k, gen)
     packed = lk.pack_ternary(random_ternary(n, k, gen))
-    assert dispatch.select("ternary_matmul_int", device).backend == "triton"
-    got = lk.ternary_matmul_int(x_q.to(device), packed.to(device))
-    _assert_same(got, ref.ternary_matmul_int(x_q, packed))
+    impl = dispatch.select("ternary_matmul_int", device)
+    assert impl.backend == "triton" and impl.layouts == ("rows", "tiled")  # both read in place, rows preferred
+    w = layouts.convert(packed, "tiled", layout).to(device)
+    got = lk.ternary_matmul_int(x_q.to(device), w, layout=layout)
+    assert_same(got, ref.ternary_matmul_int(x_q, packed))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -126,14 +113,15 @@ def test_triton_matmul_int_extremes(triton_backend, device):
     packed = lk.pack_ternary(q)
     for rows in (m, 2):
         got = lk.ternary_matmul_int(x_q[:rows].to(device), packed.to(device))
-        _assert_same(got, ref.ternary_matmul_int(x_q[:rows], packed))
+        assert_same(got, ref.ternary_matmul_int(x_q[:rows], packed))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("m,k,n", SHAPES)
 @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
-def test_triton_linear_float32(triton_backend, device, m, k, n, with_bias):
-    gen = _gen(m * 31 + k * 3 + n + with_bias)
+@pytest.mark.parametrize("layout", layouts.LAYOUTS)
+def test_triton_linear_float32(triton_backend, device, m, k, n, with_bias, layout):
+    gen = seeded(m * 31 + k * 3 + n + with_bias)
     x = random_activations((m, k), torch.float32, gen)
     if m >= 3:
         x[2, 1] = float("nan")  # that output row is NaN, the others are unaffected
@@ -142,14 +130,54 @@ def test_triton_linear_float32(triton_backend, device, m, k, n, with_bias):
     bias = torch.randn(n, generator=gen) if with_bias else None
     assert dispatch.select("ternary_linear", device).backend == "triton"
     d = device
-    got = lk.ternary_linear(x.to(d), packed.to(d), gamma.to(d), None if bias is None else bias.to(d))
-    _assert_same(got, ref.ternary_linear(x, packed, gamma, bias))
+    w = layouts.convert(packed, "tiled", layout).to(d)
+    got = lk.ternary_linear(x.to(d), w, gamma.to(d), None if bias is None else bias.to(d), layout=layout)
+    assert_same(got, ref.ternary_linear(x, packed, gamma, bias))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_bitlinear_rows_layout_and_neutral_state_dict(monkeypatch, device):
+    """Under the triton backend a packed BitLinear keeps "rows" weights; its state_dict is the
+    canonical "tiled" packing, loads into a layer on the reference backend (and back) with identical
+    float32 outputs (the triton kernels equal the reference bit for bit in float32)."""
+    from lmops.layers.bitlinear import BitLinear
+
+    m, k, n = 3, 100, 13
+    gen = seeded(41)
+    q = random_ternary(n, k, gen)
+    bias = torch.randn(n, generator=gen)
+    x = random_activations((m, k), torch.float32, gen)
+    monkeypatch.setenv("LMOPS_BACKEND", "triton")
+    layer = BitLinear.from_ternary(q, 0.0371, bias).to(device)
+    assert layer.weight_layout == "rows" and "weight_layout='rows'" in repr(layer)
+    assert torch.equal(layer.weight_packed.cpu(), layouts.convert(lk.pack_ternary(q), "tiled", "rows"))
+    with torch.no_grad():
+        got = layer(x.to(device)).cpu()
+    sd = layer.state_dict()
+    assert torch.equal(sd["weight_packed"].cpu(), lk.pack_ternary(q))  # canonical, whatever is in memory
+
+    monkeypatch.setenv("LMOPS_BACKEND", "reference")
+    plain = BitLinear.from_ternary(torch.zeros_like(q), 1.0, torch.zeros(n))
+    assert plain.weight_layout == "tiled"
+    plain.load_state_dict({key: v.cpu() for key, v in sd.items()})
+    with torch.no_grad():
+        want = plain(x)
+    assert_same(got, want)
+    assert_same(got, ref.ternary_linear(x, lk.pack_ternary(q), torch.tensor(0.0371), bias))
+
+    # and back: a reference-backend checkpoint into a fresh triton-backend layer
+    monkeypatch.setenv("LMOPS_BACKEND", "triton")
+    again = BitLinear.from_ternary(torch.zeros_like(q), 1.0, torch.zeros(n)).to(device)
+    assert again.weight_layout == "rows"
+    again.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        assert_same(again(x.to(device)), want)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("m,k,n", [SHAPES[1], SHAPES[2]])
 def test_triton_linear_bfloat16(triton_backend, device, m, k, n):
-    gen = _gen(m + k + n)
+    gen = seeded(m + k + n)
     x = random_activations((2, m, k), torch.bfloat16, gen)
     packed = lk.pack_ternary(random_ternary(n, k, gen))
     gamma = torch.tensor(0.02, dtype=torch.float32)
@@ -176,7 +204,10 @@ def test_triton_unavailable_without_interpreter(monkeypatch):
 
 @pytest.mark.skipif(TRITON_IN_PROCESS or not HAS_TRITON, reason="this process runs the triton cases itself (or no triton)")
 def test_triton_cpu_in_subprocess():
-    env = dict(os.environ, TRITON_INTERPRET="1", LMOPS_BACKEND="triton")
+    # the subprocess imports the same lmops_kernels as this one, installed or not (pytest's cwd is here)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(lk.__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, TRITON_INTERPRET="1", LMOPS_BACKEND="triton", PYTHONPATH=path)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "cpu and not subprocess", "-W", "ignore"],
         env=env, capture_output=True, text=True, timeout=600, cwd=os.path.dirname(__file__),
@@ -194,7 +225,7 @@ def test_triton_cpu_in_subprocess():
 def _packed_layer(k: int, n: int, device: str):
     from lmops.layers.bitlinear import BitLinear
 
-    gen = _gen(k + n)
+    gen = seeded(k + n)
     bias = torch.randn(n, generator=gen)
     return BitLinear.from_ternary(random_ternary(n, k, gen), 0.05, bias).to(device).eval()
 
@@ -204,8 +235,8 @@ def _packed_layer(k: int, n: int, device: str):
 @pytest.mark.parametrize("m", [1, 16, 40])
 def test_triton_cuda_graph_capture(triton_backend, m):
     layer = _packed_layer(300, 77, "cuda")
-    x = random_activations((m, 300), torch.float32, _gen(m)).cuda()
-    want = ref.ternary_linear(x.cpu(), layer.weight_packed.cpu(), layer.weight_scale.cpu(), layer.bias.cpu())
+    x = random_activations((m, 300), torch.float32, seeded(m)).cuda()
+    want = ref.ternary_linear(x.cpu(), layer.weight_packed_as().cpu(), layer.weight_scale.cpu(), layer.bias.cpu())
     with torch.no_grad():
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -219,8 +250,8 @@ def test_triton_cuda_graph_capture(triton_backend, m):
         x.copy_(x * 2)
         graph.replay()
         torch.cuda.synchronize()
-    want2 = ref.ternary_linear(x.cpu(), layer.weight_packed.cpu(), layer.weight_scale.cpu(), layer.bias.cpu())
-    _assert_same(y, want2)
+    want2 = ref.ternary_linear(x.cpu(), layer.weight_packed_as().cpu(), layer.weight_scale.cpu(), layer.bias.cpu())
+    assert_same(y, want2)
     assert want.shape == want2.shape
 
 
@@ -228,11 +259,11 @@ def test_triton_cuda_graph_capture(triton_backend, m):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA and triton")
 def test_triton_torch_compile(triton_backend):
     layer = _packed_layer(257, 65, "cuda")
-    x = random_activations((3, 5, 257), torch.bfloat16, _gen(3)).cuda()
+    x = random_activations((3, 5, 257), torch.bfloat16, seeded(3)).cuda()
     compiled = torch.compile(layer, fullgraph=True)
     with torch.no_grad():
         got = compiled(x)
         eager = layer(x)
     torch.testing.assert_close(got, eager, rtol=0, atol=0)
-    want = ref.ternary_linear(x.cpu(), layer.weight_packed.cpu(), layer.weight_scale.cpu(), layer.bias.cpu())
+    want = ref.ternary_linear(x.cpu(), layer.weight_packed_as().cpu(), layer.weight_scale.cpu(), layer.bias.cpu())
     torch.testing.assert_close(got.cpu().float(), want.float(), rtol=1.6e-2, atol=1e-2)
