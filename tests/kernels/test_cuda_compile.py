@@ -1,7 +1,8 @@
 """Compile check of the CUDA backend (no GPU needed, nothing is run).
 
 - Every ``csrc/cuda/*.cu`` (the kernels, no torch header) is compiled with ``nvcc -c`` for sm_80 and
-  sm_90 (two ``-gencode`` pairs).
+  sm_90 (two ``-gencode`` pairs); ``ptxas -v`` must report no register spills and no stack frame in
+  any kernel (a spill in the decode loop costs more than the weight traffic it saves).
 - The bindings, ``csrc/cuda/*.cpp`` and ``csrc/ops.cpp`` with ``-DLMOPS_WITH_CUDA``, are compiled as
   host C++ through ``nvcc -x c++`` (which adds the CUDA include path) against this torch's headers,
   exactly as ``setup.py`` builds them where torch has CUDA. The CPU torch wheel ships the c10/cuda
@@ -14,6 +15,7 @@ All compiles run in parallel into ``tmp_path``. Skipped, with the reason, only w
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -34,7 +36,7 @@ ARCH_FLAGS = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=comput
 
 
 def _kernel_cmd(source: Path, out: Path) -> list[str]:
-    return [NVCC, "-std=c++17", "-O3", "-c", *ARCH_FLAGS, "-I", str(CUDA_DIR), str(source), "-o", str(out)]
+    return [NVCC, "-std=c++17", "-O3", "-c", *ARCH_FLAGS, "-Xptxas", "-v", "-I", str(CUDA_DIR), str(source), "-o", str(out)]
 
 
 def _binding_cmd(source: Path, out: Path) -> list[str]:
@@ -62,4 +64,9 @@ def test_nvcc_compiles_kernels_and_bindings(tmp_path: Path):
         out = Path(cmd[cmd.index("-o") + 1])
         if proc.returncode != 0 or not out.exists() or out.stat().st_size == 0:
             failures.append(f"{src.name}: {' '.join(cmd)} failed ({proc.returncode}):\n{err[-4000:]}")
+        elif src.suffix == ".cu":
+            spills = [line.strip() for line in err.splitlines() if re.search(r"\b[1-9]\d* bytes (spill|stack)", line)]
+            kernels = err.count("Compiling entry function")
+            if not kernels or spills:
+                failures.append(f"{src.name}: {kernels} kernels compiled, spills or stack frames: {spills[:6]}")
     assert not failures, "\n\n".join(failures)
