@@ -179,7 +179,11 @@ def _info_lines() -> list[str]:
         lines.append("transformers: not installed (needed by lmops demo and convert: pip install 'lmops[hf]')")
 
     if _native.available():
-        lines.append(f"native extension: built ({Path(_native.module().__file__).name})")
+        with_cuda = bool(getattr(_native.module(), "with_cuda", False))
+        lines.append(
+            f"native extension: built ({Path(_native.module().__file__).name}; CUDA kernels "
+            f"{'included' if with_cuda else 'not included: built where torch has CUDA and nvcc is on PATH'})"
+        )
     else:
         lines.append(f"native extension: missing: {_native.missing_reason()}")
     features = _native.cpu_features()
@@ -207,7 +211,17 @@ def _info_lines() -> list[str]:
     else:
         lines.append(f"{dispatch.ENV_VAR}: {'auto' if raw else 'not set'} (order: {' > '.join(dispatch.BACKENDS)})")
 
-    lines.append("ops (backend used for CPU tensors marked *):")
+    gpu = torch.cuda.is_available()
+    if gpu:
+        index = torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        try:
+            linear = dispatch.select("ternary_linear", "cuda")
+            use = f"ternary_linear uses {linear.backend}, weights kept in the {linear.layouts[0]!r} layout"
+        except RuntimeError as exc:
+            use = f"ternary_linear cannot run: {exc}"
+        lines.append(f"GPU: {torch.cuda.get_device_name(index)} (sm_{major}{minor}); {use}")
+    lines.append("ops (backend used for CPU tensors marked *" + (", for CUDA tensors +):" if gpu else "):"))
     width = max((len(op) for op in dispatch.ops()), default=0)
     for op in dispatch.ops():
         try:
@@ -215,11 +229,15 @@ def _info_lines() -> list[str]:
             problem = None
         except (RuntimeError, ValueError, KeyError) as exc:
             chosen, problem = None, str(exc)
+        try:
+            chosen_gpu = dispatch.select(op, "cuda").backend if gpu else None
+        except (RuntimeError, ValueError, KeyError):
+            chosen_gpu = None
         parts = []
         found = dispatch.backends_for(op)
         for name in sorted(found, key=dispatch.BACKENDS.index):
             reason = found[name]
-            mark = "*" if name == chosen else ""
+            mark = ("*" if name == chosen else "") + ("+" if name == chosen_gpu else "")
             parts.append(f"{name}{mark}" if reason is None else f"{name} (unavailable: {reason})")
         lines.append(f"  {op:<{width}}  {', '.join(parts)}")
         if problem:

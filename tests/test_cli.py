@@ -61,6 +61,32 @@ def test_info_reports_forced_backend(capsys, monkeypatch):
     assert "LMOPS_BACKEND=reference" in capsys.readouterr().out
 
 
+def test_info_gpu_line(capsys, monkeypatch):
+    # a visible GPU (faked: this machine has none) adds the card, the backend and layout ternary_linear
+    # uses there, and marks the CUDA-tensor backend of each op with +
+    import torch
+
+    from lmops_kernels import _native, dispatch
+
+    monkeypatch.delenv("LMOPS_BACKEND", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Fake H100")
+    dispatch._AUTO_CACHE.clear()
+    try:
+        assert main(["info"]) == 0
+        out = capsys.readouterr().out
+        impl = dispatch.select("ternary_linear", "cuda")
+    finally:
+        dispatch._AUTO_CACHE.clear()
+    assert f"GPU: Fake H100 (sm_90); ternary_linear uses {impl.backend}" in out
+    assert f"weights kept in the {impl.layouts[0]!r} layout" in out
+    assert "for CUDA tensors +" in out
+    if not getattr(_native.module(), "with_cuda", False):
+        assert "CUDA kernels not included" in out
+
+
 def test_demo_tiny_end_to_end(tmp_path, capsys):
     out_dir = tmp_path / "demo-model"
     assert main(["demo", "--tiny", "--steps", "3", "--out", str(out_dir)]) == 0
