@@ -124,13 +124,16 @@ __global__ void __launch_bounds__(kQuantThreads)
 constexpr int kGemvThreads = 128;
 constexpr int kGemvWarps = kGemvThreads / 32;
 
+// Not volatile: a pure load, so the compiler may batch and reorder it (memory-level parallelism).
 __device__ __forceinline__ uint4 load_weights_streaming(const uint4* p) {
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
   return v;
 }
+
+constexpr int kGemvUnroll = 4;  // 16-byte weight loads each thread keeps in flight
 
 template <typename T, int MT>
 __global__ void __launch_bounds__(kGemvThreads)
@@ -155,20 +158,31 @@ __global__ void __launch_bounds__(kGemvThreads)
       for (int c = 0; c < 4; ++c) acc[m][c] = 0;
     const uint4* wp = reinterpret_cast<const uint4*>(packed + nb * KB * 32);
     // uint4 i covers k-block i / 2, columns 4 (i % 2) .. 4 (i % 2) + 3; i % 2 == tid % 2 throughout.
-    for (int64_t i = tid; i < 2 * KB; i += kGemvThreads) {
-      const uint4 wv = load_weights_streaming(wp + i);
-      const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
-      const int64_t kb = i >> 1;
+    // kGemvUnroll loads are issued before any is used, so each thread has that many in flight.
+    for (int64_t i0 = tid; i0 < 2 * KB; i0 += kGemvThreads * kGemvUnroll) {
+      uint4 wv[kGemvUnroll];
 #pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        if (m < mrows) {
-          const int4 xv = __ldg(reinterpret_cast<const int4*>(xb + m * ldq + kb * 16));
-          const int xs[4] = {xv.x, xv.y, xv.z, xv.w};  // xs[j] = x[16 kb + 4 j + 0..3]
+      for (int u = 0; u < kGemvUnroll; ++u) {
+        const int64_t i = i0 + u * kGemvThreads;
+        if (i < 2 * KB) wv[u] = load_weights_streaming(wp + i);
+      }
 #pragma unroll
-          for (int c = 0; c < 4; ++c)
+      for (int u = 0; u < kGemvUnroll; ++u) {
+        const int64_t i = i0 + u * kGemvThreads;
+        if (i >= 2 * KB) break;
+        const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+        const int64_t kb = i >> 1;
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
-              acc[m][c] = __dp4a(static_cast<int>((words[c] >> (2 * j)) & kCodeMask), xs[j], acc[m][c]);
+        for (int m = 0; m < MT; ++m) {
+          if (m < mrows) {
+            const int4 xv = __ldg(reinterpret_cast<const int4*>(xb + m * ldq + kb * 16));
+            const int xs[4] = {xv.x, xv.y, xv.z, xv.w};  // xs[j] = x[16 kb + 4 j + 0..3]
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+#pragma unroll
+              for (int j = 0; j < 4; ++j)
+                acc[m][c] = __dp4a(static_cast<int>((words[c] >> (2 * j)) & kCodeMask), xs[j], acc[m][c]);
+          }
         }
       }
     }
@@ -229,122 +243,208 @@ __global__ void __launch_bounds__(kGemvThreads)
 
 // ---------------------------------------------------------------------------------------------------
 // Prefill GEMM: int8 tensor cores, mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32.
-// Block = 4 warps = 64 rows x 32 columns (4 n-blocks, one per warp). The activation tile (64 x 128
-// int8) is staged in shared memory (row stride 144 bytes: conflict-free fragment reads); the weights
-// are decoded straight into B-fragment registers: thread (g = lane / 4, t = lane % 4) needs column g,
-// k = 4 t + 0..3 of k-block 2 s (b0) and of k-block 2 s + 1 (b1), i.e. bit pair t of column g's word.
-// Tails: rows >= M and k-blocks >= KB are zero in shared memory / zero codes; columns >= N are not
-// stored (the narrower last n-block reads only its w columns).
+// Block = 4 warps = 64 rows x (32 NT) columns; warp w owns the NT n-blocks 4 w * NT / 4 ... (NT per
+// warp, 8 columns each) for all 64 rows (4 m-tiles), so each A fragment feeds NT MMAs and each B
+// fragment 4. The activation tile (64 x 128 int8 per stage) is double-buffered in shared memory with
+// cp.async (row stride 144 bytes: ldmatrix rows fall on distinct banks); A fragments come from one
+// ldmatrix.x4 per m-tile. Weights are decoded straight into B-fragment registers: thread
+// (g = lane / 4, t = lane % 4) needs column g, k = 4 t + 0..3 of k-block 2 s (b0) and of k-block
+// 2 s + 1 (b1), i.e. bit pair t of column g's word. Tails: rows >= M and k >= 16 KB are zero-filled by
+// cp.async; k-blocks >= KB decode from zero words; columns >= N are not stored.
 // ---------------------------------------------------------------------------------------------------
 constexpr int kGemmThreads = 128;
+constexpr int kGemmWarps = kGemmThreads / 32;
 constexpr int kGemmBM = 64;
-constexpr int kGemmBK = 128;                 // int8 activations (8 k-blocks) per shared-memory stage
-constexpr int kGemmStride = kGemmBK + 16;    // bytes per shared row
+constexpr int kGemmBK = 128;               // int8 activations (8 k-blocks) per shared-memory stage
+constexpr int kGemmStride = kGemmBK + 16;  // bytes per shared row
+constexpr int kGemmStages = 2;
 
-__device__ __forceinline__ void mma_s8_16832(int32_t (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                             uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_s8_16832(int32_t (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
       : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #else
   __trap();  // built for sm_80+ only
 #endif
 }
 
-template <typename T>
+// A fragment of m16n8k32 (.s8, row-major): a0 = (row g, k 4t..4t+3), a1 = (row g+8, k 4t..), a2 = (row g,
+// k 16+4t..), a3 = (row g+8, k 16+4t..). As four 8x8 b16 matrices: rows 0-7 / 8-15 x k bytes 0-15 /
+// 16-31; lane l supplies the address of row (l % 8) + 8 ((l / 8) % 2), byte 16 (l / 16).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], const int8_t* smem_row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+               : "r"(addr));
+#else
+  __trap();
+#endif
+}
+
+// 16-byte global -> shared copy, zero-filled when !pred (no bytes are read then).
+__device__ __forceinline__ void cp_async_16(int8_t* smem, const int8_t* gmem, bool pred) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem), "r"(pred ? 16 : 0));
+#else
+  __trap();
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+template <typename T, int NT>
 __global__ void __launch_bounds__(kGemmThreads)
     ternary_gemm_kernel(const int8_t* __restrict__ xq, const float* __restrict__ scale,
                         const int32_t* __restrict__ rowsum, int64_t M, int64_t ldq,
                         const uint8_t* __restrict__ packed, int64_t N, int64_t KB,
                         const float* __restrict__ gamma, const float* __restrict__ bias, T* __restrict__ y) {
-  __shared__ __align__(16) int8_t xs[kGemmBM * kGemmStride];
+  __shared__ __align__(128) int8_t xs[kGemmStages][kGemmBM * kGemmStride];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kGemmBM;
-  const int64_t nb = static_cast<int64_t>(blockIdx.x) * (kGemmThreads / 32) + warp;
   const int64_t NB = (N + 7) / 8, full = N / 8;
-  const int w = nb < full ? 8 : (nb < NB ? static_cast<int>(N - full * 8) : 0);
+  const int64_t K16 = KB * 16;
+  const int64_t stages = (K16 + kGemmBK - 1) / kGemmBK;
 
-  // This thread's weight column g: its word of k-block kb is at colp + kb * kbstride.
-  const uint8_t* colp = nullptr;
-  int64_t kbstride = 0;
-  if (g < w) {
-    if (nb < full) {
-      colp = packed + nb * KB * 32 + 4 * g;
-      kbstride = 32;
-    } else {
-      colp = packed + full * KB * 32 + 4 * g;
-      kbstride = 4 * w;
+  // This thread's weight column g of each of the warp's NT n-blocks: word of k-block kb at
+  // colp[j] + kb * kbstride[j] (null: column outside the matrix, decodes as zero codes).
+  const uint8_t* colp[NT];
+  int64_t kbstride[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int64_t nb = (static_cast<int64_t>(blockIdx.x) * kGemmWarps + warp) * NT + j;
+    const int w = nb < full ? 8 : (nb < NB ? static_cast<int>(N - full * 8) : 0);
+    colp[j] = nullptr;
+    kbstride[j] = 0;
+    if (g < w) {
+      colp[j] = nb < full ? packed + nb * KB * 32 + 4 * g : packed + full * KB * 32 + 4 * g;
+      kbstride[j] = nb < full ? 32 : 4 * w;
     }
   }
 
-  int32_t acc[kGemmBM / 16][4];
+  int32_t acc[kGemmBM / 16][NT][4];
 #pragma unroll
   for (int i = 0; i < kGemmBM / 16; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) acc[i][j] = 0;
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[i][j][c] = 0;
 
-  const int64_t K16 = KB * 16;
-  for (int64_t k0 = 0; k0 < K16; k0 += kGemmBK) {
-    __syncthreads();
-    for (int i = tid; i < kGemmBM * (kGemmBK / 16); i += kGemmThreads) {
-      const int r = i / (kGemmBK / 16), cc = (i % (kGemmBK / 16)) * 16;
-      int4 v = make_int4(0, 0, 0, 0);
-      if (m0 + r < M && k0 + cc < K16) v = __ldg(reinterpret_cast<const int4*>(xq + (m0 + r) * ldq + k0 + cc));
-      *reinterpret_cast<int4*>(xs + r * kGemmStride + cc) = v;
+  // Each thread copies (64 rows x 8 chunks of 16 bytes) / 128 threads = 4 chunks per stage.
+  auto load_stage = [&](int buf, int64_t k0) {
+#pragma unroll
+    for (int i = 0; i < kGemmBM * (kGemmBK / 16) / kGemmThreads; ++i) {
+      const int idx = tid + i * kGemmThreads;
+      const int r = idx / (kGemmBK / 16), cc = (idx % (kGemmBK / 16)) * 16;
+      const bool ok = m0 + r < M && k0 + cc < K16;
+      cp_async_16(&xs[buf][r * kGemmStride + cc], ok ? xq + (m0 + r) * ldq + k0 + cc : xq, ok);
+    }
+    cp_async_commit();
+  };
+
+  load_stage(0, 0);
+  for (int64_t s = 0; s < stages; ++s) {
+    const int buf = static_cast<int>(s & 1);
+    if (s + 1 < stages) {
+      load_stage(buf ^ 1, (s + 1) * kGemmBK);
+      cp_async_wait<1>();  // this stage's copies are done; the next stage's may still be in flight
+    } else {
+      cp_async_wait<0>();
     }
     __syncthreads();
+    const int8_t* tile = xs[buf];
 #pragma unroll
     for (int ks = 0; ks < kGemmBK / 32; ++ks) {
-      const int64_t kb0 = (k0 >> 4) + 2 * ks;
-      uint32_t w0 = 0, w1 = 0;
-      if (colp != nullptr) {
-        if (kb0 < KB) w0 = __ldg(reinterpret_cast<const uint32_t*>(colp + kb0 * kbstride));
-        if (kb0 + 1 < KB) w1 = __ldg(reinterpret_cast<const uint32_t*>(colp + (kb0 + 1) * kbstride));
+      const int64_t kb0 = s * (kGemmBK / 16) + 2 * ks;
+      uint32_t b0[NT], b1[NT];
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        uint32_t w0 = 0, w1 = 0;
+        if (colp[j] != nullptr) {
+          if (kb0 < KB) w0 = __ldg(reinterpret_cast<const uint32_t*>(colp[j] + kb0 * kbstride[j]));
+          if (kb0 + 1 < KB) w1 = __ldg(reinterpret_cast<const uint32_t*>(colp[j] + (kb0 + 1) * kbstride[j]));
+        }
+        b0[j] = (w0 >> (2 * t)) & kCodeMask;
+        b1[j] = (w1 >> (2 * t)) & kCodeMask;
       }
-      const uint32_t b0 = (w0 >> (2 * t)) & kCodeMask;
-      const uint32_t b1 = (w1 >> (2 * t)) & kCodeMask;
 #pragma unroll
       for (int mt = 0; mt < kGemmBM / 16; ++mt) {
-        const int8_t* ap = xs + (mt * 16 + g) * kGemmStride + ks * 32 + 4 * t;
-        const uint32_t a0 = *reinterpret_cast<const uint32_t*>(ap);                        // row g,   k 4t
-        const uint32_t a1 = *reinterpret_cast<const uint32_t*>(ap + 8 * kGemmStride);       // row g+8, k 4t
-        const uint32_t a2 = *reinterpret_cast<const uint32_t*>(ap + 16);                   // row g,   k 16+4t
-        const uint32_t a3 = *reinterpret_cast<const uint32_t*>(ap + 8 * kGemmStride + 16);  // row g+8, k 16+4t
-        mma_s8_16832(acc[mt], a0, a1, a2, a3, b0, b1);
+        uint32_t a[4];
+        const int row = mt * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+        ldmatrix_x4(a, tile + row * kGemmStride + ks * 32 + 16 * (lane >> 4));
+#pragma unroll
+        for (int j = 0; j < NT; ++j) mma_s8_16832(acc[mt][j], a, b0[j], b1[j]);
       }
     }
+    __syncthreads();  // the next iteration's cp.async overwrites the buffer just read
   }
 
-  if (w == 0) return;
   constexpr bool kRaw = std::is_same<T, int32_t>::value;  // ternary_matmul_int: no rescale
   const float gm = kRaw ? 0.f : *gamma;
-  // Accumulator fragment: c[h * 2 + i] is row g + 8 h, column 2 t + i.
+  // Accumulator fragment: c[h * 2 + i] is row g + 8 h, column 2 t + i of the n-block.
 #pragma unroll
   for (int mt = 0; mt < kGemmBM / 16; ++mt)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t m = m0 + mt * 16 + g + 8 * h;
-      if (m < M) {
-        const float r = kRaw ? 0.f : __fdiv_rn(gm, scale[m]);
-        const int32_t rs = rowsum[m];
+      if (m >= M) continue;
+      const float r = kRaw ? 0.f : __fdiv_rn(gm, scale[m]);
+      const int32_t rs = rowsum[m];
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const int64_t nb = (static_cast<int64_t>(blockIdx.x) * kGemmWarps + warp) * NT + j;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-          const int c = 2 * t + i;
-          if (c < w) {
-            const int64_t n = nb * 8 + c;
+          const int64_t n = nb * 8 + 2 * t + i;
+          if (n < N) {
             if constexpr (kRaw) {
-              y[m * N + n] = acc[mt][h * 2 + i] - rs;
+              y[m * N + n] = acc[mt][j][h * 2 + i] - rs;
             } else {
-              y[m * N + n] = from_float<T>(epilogue(acc[mt][h * 2 + i] - rs, r, bias, n));
+              y[m * N + n] = from_float<T>(epilogue(acc[mt][j][h * 2 + i] - rs, r, bias, n));
             }
           }
         }
       }
     }
+}
+
+template <typename T, int NT>
+void gemm_launch(int64_t M, int64_t NB, const int8_t* xq, const float* scale, const int32_t* rowsum, int64_t ldq,
+                 const uint8_t* packed, int64_t N, int64_t KB, const float* gamma, const float* bias, T* y,
+                 cudaStream_t stream) {
+  const int64_t per_block = static_cast<int64_t>(kGemmWarps) * NT;
+  const dim3 grid(static_cast<unsigned>((NB + per_block - 1) / per_block),
+                  static_cast<unsigned>((M + kGemmBM - 1) / kGemmBM));
+  ternary_gemm_kernel<T, NT><<<grid, kGemmThreads, 0, stream>>>(xq, scale, rowsum, M, ldq, packed, N, KB, gamma,
+                                                                bias, y);
+}
+
+// Multiprocessors of the current device (cached per device; a host attribute query, no sync).
+int sm_count() {
+  static int cached[64] = {0};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
+  if (cached[dev] == 0) {
+    int n = 0;
+    cached[dev] = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && n > 0 ? n : 132;
+  }
+  return cached[dev];
 }
 
 template <typename T, int MT>
@@ -401,8 +501,17 @@ cudaError_t launch_ternary_gemm(const int8_t* xq, const float* scale, const int3
   if (M <= 0 || N <= 0) return cudaSuccess;
   const int64_t KB = (K + 15) / 16;
   const int64_t NB = (N + 7) / 8;
-  const dim3 grid(static_cast<unsigned>((NB + 3) / 4), static_cast<unsigned>((M + kGemmBM - 1) / kGemmBM));
-  ternary_gemm_kernel<T><<<grid, kGemmThreads, 0, stream>>>(xq, scale, rowsum, M, ldq, packed, N, KB, gamma, bias, y);
+  // Widest warp tile (most reuse of each A fragment) that still gives every SM a block (up to three
+  // fit per SM by registers): short prefills (few 64-row tiles) get narrower tiles, not idle SMs.
+  const int64_t m_tiles = (M + kGemmBM - 1) / kGemmBM;
+  const int64_t want = sm_count();
+  if (m_tiles * ((NB + 4 * kGemmWarps - 1) / (4 * kGemmWarps)) >= want) {
+    gemm_launch<T, 4>(M, NB, xq, scale, rowsum, ldq, packed, N, KB, gamma, bias, y, stream);
+  } else if (m_tiles * ((NB + 2 * kGemmWarps - 1) / (2 * kGemmWarps)) >= want) {
+    gemm_launch<T, 2>(M, NB, xq, scale, rowsum, ldq, packed, N, KB, gamma, bias, y, stream);
+  } else {
+    gemm_launch<T, 1>(M, NB, xq, scale, rowsum, ldq, packed, N, KB, gamma, bias, y, stream);
+  }
   return cudaGetLastError();
 }
 

@@ -5,7 +5,7 @@ extension was built without CUDA. The same checks as the Triton tests, on real C
 
 - ``quantize_activation_absmax`` bit-identical (NaN and Inf rows, 8/4/2 bits, leading dims, strides);
 - ``ternary_matmul_int`` bit-identical int32 for the dp4a GEMV (``M <= 16``) and the int8 mma.sync
-  GEMM (``M > 16``), on odd shapes: ``N % 8 != 0`` (narrow last n-block), ``K % 16 != 0`` and
+  GEMM (``M > 16``, each of its three warp-tile widths), on odd shapes: ``N % 8 != 0`` (narrow last n-block), ``K % 16 != 0`` and
   ``K % 32 == 16`` (the GEMM's half k-step), plus the extreme sums ``|acc| = 128 K``;
 - ``ternary_linear`` bit-identical in float32 (the epilogue rounds like the reference), within one
   bfloat16/float16 rounding step in those dtypes; bias, NaN rows, 3-D and non-contiguous inputs;
@@ -84,6 +84,39 @@ def test_cuda_matmul_int_extremes(cuda_forced):
     packed = lk.pack_ternary(q)
     for rows in (m, 2):  # GEMM and GEMV
         assert_same(lk.ternary_matmul_int(x_q[:rows].cuda(), packed.cuda()), ref.ternary_matmul_int(x_q[:rows], packed))
+
+
+def _gemm_tile_width(m: int, n: int, sms: int) -> int:
+    # mirror of launch_ternary_gemm's rule (csrc/cuda/ternary_kernels.cu): the widest warp tile
+    # (NT n-blocks of 8 columns per warp, 4 warps, 64 rows per block) that gives every SM a block
+    m_tiles, nb = -(-m // 64), -(-n // 8)
+    for nt in (4, 2):
+        if m_tiles * -(-nb // (4 * nt)) >= sms:
+            return nt
+    return 1
+
+
+def _shape_for_tile_width(nt: int, sms: int) -> tuple[int, int, int]:
+    if nt == 4:
+        return 64 * (-(-sms // 16) + 1) - 5, 272, 2001  # 251 n-blocks, the last 1 column wide
+    if nt == 2:
+        return 64 * -(-sms // 17) - 3, 272, 1037  # 130 n-blocks, the last 5 columns wide
+    return 17, 4097, 65
+
+
+@pytest.mark.parametrize("nt", [4, 2, 1])
+def test_cuda_gemm_every_tile_width(cuda_forced, nt):
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    m, k, n = _shape_for_tile_width(nt, sms)
+    assert _gemm_tile_width(m, n, sms) == nt, (m, n, sms)
+    gen = seeded(nt * 101 + sms)
+    x_q = random_int8(m, k, gen)
+    packed = lk.pack_ternary(random_ternary(n, k, gen))
+    assert_same(lk.ternary_matmul_int(x_q.cuda(), packed.cuda()), ref.ternary_matmul_int(x_q, packed))
+    x = random_activations((m, k), torch.float32, gen)
+    gamma, bias = torch.tensor(0.041), torch.randn(n, generator=gen)
+    got = lk.ternary_linear(x.cuda(), packed.cuda(), gamma.cuda(), bias.cuda())
+    assert_same(got, ref.ternary_linear(x, packed, gamma, bias))
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
