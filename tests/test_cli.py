@@ -183,3 +183,28 @@ def test_bench_arguments_parse():
     args = build_parser().parse_args(["bench", "--quick"])
     assert args.command == "bench" and args.quick is True
     assert build_parser().parse_args(["bench"]).quick is False
+
+
+def test_bench_device_cuda_without_gpu(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--device", "cuda"]) != 0
+    assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
+
+
+def test_gpu_table_format():
+    # the formatting of lmops.bench_gpu rows (measured rows need a GPU; this one is written by hand)
+    from lmops import bench_gpu
+
+    row = {
+        "device": "NVIDIA H100 80GB HBM3", "n": 4096, "k": 4096, "m": 1, "skipped": {"triton": "not installed"},
+        "graph_s": {"cublas_bf16": 20e-6, "lmops_cuda": 4e-6}, "eager_s": {"cublas_bf16": 25e-6, "lmops_cuda": 11e-6},
+        "joules": {"cublas_bf16": 0.004, "lmops_cuda": 0.001}, "speedup": {"lmops_cuda": 5.0},
+        "weight_gbps": {"lmops_cuda": 4096 * 4096 / 4 / 4e-6 / 1e9},
+    }
+    out = bench_gpu.format_gpu_table([row])
+    assert "device: NVIDIA H100 80GB HBM3" in out and "skipped: lmops triton: not installed" in out
+    line = [ln for ln in out.splitlines() if ln.startswith("| 4096x4096")][0]
+    assert line == "| 4096x4096 | 1 | 20.0 | 4.0 (11.0) | 5.00x | 1049 | cublas_bf16 4.000 mJ, lmops_cuda 1.000 mJ |"
+    assert bench_gpu.format_gpu_table([]) == "(no rows)"
