@@ -62,12 +62,12 @@ def _register_ternary() -> None:
 
         return ternary_linear(x, packed, weight_scale, bias, layout)
 
-    # The matmul kernels read both layouts; "rows" first: per column and k-block, 16 contiguous bytes
-    # (a plain 2-D tile load) instead of 4-byte runs at a stride that depends on the n-block.
+    # The matmul kernels read both layouts; "planes" first: weight tiles and the activations of each
+    # bit pair are then plain 2-D block loads (contiguous along k), not 4-byte gathers every 16 bytes.
     for op, fn, layouts in (
         ("quantize_activation_absmax", _triton_quantize_activation_absmax, ("tiled",)),
-        ("ternary_matmul_int", _triton_ternary_matmul_int, ("rows", "tiled")),
-        ("ternary_linear", _triton_ternary_linear, ("rows", "tiled")),
+        ("ternary_matmul_int", _triton_ternary_matmul_int, ("planes", "tiled")),
+        ("ternary_linear", _triton_ternary_linear, ("planes", "tiled")),
     ):
         dispatch.register(
             op, "triton", ("cuda", "cpu"), auto_devices=("cuda",), unavailable=unavailable, layouts=layouts

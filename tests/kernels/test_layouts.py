@@ -1,9 +1,10 @@
 """Packed weight layouts (``lmops_kernels.layouts``), the ops' ``layout`` argument, and ``BitLinear``
 keeping one in-memory layout per backend with a backend-neutral (``tiled``) state_dict.
 
-Tolerance: none anywhere. Layout conversion is a byte permutation, and every op result here is
-compared with ``torch.equal`` against the same op on the canonical layout (integer products are
-exact; the float32 epilogue is the same operations in the same order).
+Tolerance: none anywhere. Layout conversion is exact (a bijection on the bytes: it moves the 2-bit
+codes between bytes, so it is checked on arbitrary bytes too), and every op result here is compared
+with ``torch.equal`` against the same op on the canonical layout (integer products are exact; the
+float32 epilogue is the same operations in the same order).
 """
 
 from __future__ import annotations
@@ -26,21 +27,21 @@ KS = [1, 15, 16, 33, 257]
 OP_SHAPES = [(1, 33, 13), (5, 257, 65), (17, 15, 7), (3, 100, 9)]
 
 
-def rows_by_definition(q: torch.Tensor) -> torch.Tensor:
-    """The "rows" layout written element by element from its definition: byte ``[n, 4 kb + kk]``,
-    bit pair ``j``, holds code ``q + 1`` of weight ``(n, k = 16 kb + 4 j + kk)``; padding is code 1."""
+def planes_by_definition(q: torch.Tensor) -> torch.Tensor:
+    """The "planes" layout written element by element from its definition: byte ``[n, b]``
+    (``b < 4 KB``), bit pair ``j``, holds code ``q + 1`` of weight ``(n, k = j * 4 KB + b)``;
+    padding (``k >= K``) is code 1."""
     n, k = q.shape
-    kb_count = (k + 15) // 16
-    out = [[0] * (4 * kb_count) for _ in range(n)]
+    width = 4 * ((k + 15) // 16)  # 4 KB bytes per column
+    out = [[0] * width for _ in range(n)]
     for row in range(n):
-        for kb in range(kb_count):
-            for kk in range(4):
-                byte = 0
-                for j in range(4):
-                    col = 16 * kb + 4 * j + kk
-                    code = int(q[row, col]) + 1 if col < k else 1
-                    byte |= code << (2 * j)
-                out[row][4 * kb + kk] = byte
+        for b in range(width):
+            byte = 0
+            for j in range(4):
+                col = j * width + b
+                code = int(q[row, col]) + 1 if col < k else 1
+                byte |= code << (2 * j)
+            out[row][b] = byte
     return torch.tensor(out, dtype=torch.uint8)
 
 
@@ -54,21 +55,26 @@ def rows_by_definition(q: torch.Tensor) -> torch.Tensor:
 def test_convert_round_trip_exact(n, k):
     q = random_ternary(n, k, seeded(100 * n + k))
     tiled = lk.pack_ternary(q)
-    rows = layouts.convert(tiled, "tiled", "rows")
-    assert rows.dtype == torch.uint8 and rows.shape == tiled.shape and rows.is_contiguous()
-    assert torch.equal(layouts.convert(rows, "rows", "tiled"), tiled)
+    planes = layouts.convert(tiled, "tiled", "planes")
+    assert planes.dtype == torch.uint8 and planes.shape == tiled.shape and planes.is_contiguous()
+    assert torch.equal(layouts.convert(planes, "planes", "tiled"), tiled)
     assert layouts.convert(tiled, "tiled", "tiled") is tiled
-    assert layouts.convert(rows, "rows", "rows") is rows
-    # the two layouts coincide only with one column or one k-block; elsewhere bytes really move
-    if n > 1 and k > 16:
-        assert not torch.equal(rows, tiled)
+    assert layouts.convert(planes, "planes", "planes") is planes
+    # the two layouts coincide only with one k-block (K <= 16); elsewhere the codes really move
+    if k > 16:
+        assert not torch.equal(planes, tiled)
+    # a bijection on bytes: arbitrary bytes (padding codes other than 1, code 3) survive both ways
+    junk = torch.randint(0, 256, tiled.shape, generator=seeded(n + k), dtype=torch.uint8)
+    assert torch.equal(layouts.convert(layouts.convert(junk, "tiled", "planes"), "planes", "tiled"), junk)
+    assert torch.equal(layouts.convert(layouts.convert(junk, "planes", "tiled"), "tiled", "planes"), junk)
 
 
 @pytest.mark.parametrize("n", NS)
 @pytest.mark.parametrize("k", KS)
-def test_rows_layout_matches_its_definition(n, k):
+def test_planes_layout_matches_its_definition(n, k):
     q = random_ternary(n, k, seeded(7 * n + 3 * k))
-    assert torch.equal(layouts.convert(lk.pack_ternary(q), "tiled", "rows"), rows_by_definition(q))
+    assert torch.equal(layouts.convert(lk.pack_ternary(q), "tiled", "planes"), planes_by_definition(q))
+    assert torch.equal(layouts.convert(planes_by_definition(q), "planes", "tiled"), lk.pack_ternary(q))
 
 
 def test_convert_non_contiguous_and_meta():
@@ -76,26 +82,31 @@ def test_convert_non_contiguous_and_meta():
     tiled = lk.pack_ternary(q)
     wide = torch.cat([tiled, tiled], dim=1)[:, : tiled.shape[1]]  # a strided view with the same bytes
     assert not wide.is_contiguous()
-    assert torch.equal(layouts.convert(wide, "tiled", "rows"), rows_by_definition(q))
-    meta = layouts.convert(tiled.to("meta"), "tiled", "rows")
-    assert meta.device.type == "meta" and meta.shape == tiled.shape
+    assert torch.equal(layouts.convert(wide, "tiled", "planes"), planes_by_definition(q))
+    planes = planes_by_definition(q)
+    wide_planes = torch.cat([planes, planes], dim=1)[:, : planes.shape[1]]
+    assert not wide_planes.is_contiguous()
+    assert torch.equal(layouts.convert(wide_planes, "planes", "tiled"), tiled)
+    for src, dst in (("tiled", "planes"), ("planes", "tiled")):
+        meta = layouts.convert(tiled.to("meta"), src, dst)
+        assert meta.device.type == "meta" and meta.shape == tiled.shape and meta.dtype == torch.uint8
 
 
 def test_convert_and_check_layout_errors():
     packed = lk.pack_ternary(random_ternary(9, 20, seeded(6)))
-    with pytest.raises(ValueError, match=r"src: expected one of \('tiled', 'rows'\), got 'cols'"):
+    with pytest.raises(ValueError, match=r"src: expected one of \('tiled', 'planes'\), got 'cols'"):
         layouts.convert(packed, "cols", "tiled")
     with pytest.raises(ValueError, match=r"dst: expected one of .* got None"):
         layouts.convert(packed, "tiled", None)
     with pytest.raises(ValueError, match=r"packed: expected a uint8 tensor of shape \(N, 4 \* KB\), got torch.int8"):
-        layouts.convert(packed.to(torch.int8), "tiled", "rows")
+        layouts.convert(packed.to(torch.int8), "tiled", "planes")
     with pytest.raises(ValueError, match=r"packed: .*got torch.uint8 \(9, 7\)"):
-        layouts.convert(packed[:, :7], "tiled", "rows")
+        layouts.convert(packed[:, :7], "tiled", "planes")
     with pytest.raises(TypeError, match="packed: expected a torch.Tensor, got list"):
-        layouts.convert([1, 2], "tiled", "rows")
-    assert layouts.check_layout("rows") == "rows"
-    with pytest.raises(ValueError, match=r"layout: expected one of \('tiled', 'rows'\), got 'Rows'"):
-        layouts.check_layout("Rows")
+        layouts.convert([1, 2], "tiled", "planes")
+    assert layouts.check_layout("planes") == "planes"
+    with pytest.raises(ValueError, match=r"layout: expected one of \('tiled', 'planes'\), got 'rows'"):
+        layouts.check_layout("rows")  # the earlier per-column layout that "planes" replaced
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,14 +137,14 @@ def _backends():
 
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("m,k,n", OP_SHAPES)
-def test_ops_rows_equal_tiled(monkeypatch, use_backend, backend, m, k, n):
-    """Reference and native cpu read "tiled" only: given "rows" they get a converted copy, and the
+def test_ops_planes_equal_tiled(monkeypatch, use_backend, backend, m, k, n):
+    """Reference and native cpu read "tiled" only: given "planes" they get a converted copy, and the
     result equals the "tiled" call bit for bit (forward and the STE backward)."""
     use_backend(backend)
     gen = seeded(m * 1000 + k * 10 + n)
     q = random_ternary(n, k, gen)
     tiled = lk.pack_ternary(q)
-    rows = layouts.convert(tiled, "tiled", "rows")
+    planes = layouts.convert(tiled, "tiled", "planes")
     x_q = random_int8(m, k, gen)
     x = random_activations((2, m, k), torch.float32, gen)
     gamma = torch.rand((), generator=gen) * 0.05 + 0.005
@@ -142,19 +153,19 @@ def test_ops_rows_equal_tiled(monkeypatch, use_backend, backend, m, k, n):
     want_int = lk.ternary_matmul_int(x_q, tiled)
     assert torch.equal(want_int, (x_q.double() @ q.double().t()).to(torch.int32))
     with spy_on(monkeypatch, "ternary_matmul_int", backend) as calls:
-        got_int = lk.ternary_matmul_int(x_q, rows, layout="rows")
+        got_int = lk.ternary_matmul_int(x_q, planes, layout="planes")
     assert torch.equal(got_int, want_int)
     assert [c[0] for c in calls] == ["tiled"] and torch.equal(calls[0][1], tiled)
 
     want = lk.ternary_linear(x, tiled, gamma, bias)
     with spy_on(monkeypatch, "ternary_linear", backend) as calls:
-        got = lk.ternary_linear(x, rows, gamma, bias, layout="rows")  # inference fast path
+        got = lk.ternary_linear(x, planes, gamma, bias, layout="planes")  # inference fast path
     assert torch.equal(got, want)
     assert [c[0] for c in calls] == ["tiled"] and torch.equal(calls[0][1], tiled)
 
-    # through the operator and autograd: the backward unpacks the "rows" weights correctly
+    # through the operator and autograd: the backward unpacks the "planes" weights correctly
     grads = []
-    for packed, layout in ((tiled, "tiled"), (rows, "rows")):
+    for packed, layout in ((tiled, "tiled"), (planes, "planes")):
         xg = x.clone().requires_grad_()
         bg = bias.clone().requires_grad_()
         y = lk.ternary_linear(xg, packed, gamma, bg, layout=layout)
@@ -172,7 +183,7 @@ def test_ops_bad_layout_name():
     gen = seeded(8)
     packed = lk.pack_ternary(random_ternary(7, 33, gen))
     x = random_activations((3, 33), torch.float32, gen)
-    with pytest.raises(ValueError, match=r"layout: expected one of \('tiled', 'rows'\), got 'cols'"):
+    with pytest.raises(ValueError, match=r"layout: expected one of \('tiled', 'planes'\), got 'cols'"):
         lk.ternary_linear(x, packed, torch.tensor(0.1), layout="cols")
     with pytest.raises(ValueError, match=r"layout: expected one of .* got 3"):
         lk.ternary_matmul_int(random_int8(3, 33, gen), packed, layout=3)
@@ -197,19 +208,19 @@ def test_opcheck_with_layout(use_backend, backend, layout):
 def test_compile_fullgraph_with_layout():
     gen = seeded(23)
     q = random_ternary(37, 100, gen)
-    rows = layouts.convert(lk.pack_ternary(q), "tiled", "rows")
+    planes = layouts.convert(lk.pack_ternary(q), "tiled", "planes")
     x = random_activations((2, 5, 100), torch.float32, gen)
     gamma = torch.tensor(0.03)
     bias = torch.randn(37, generator=gen)
     x_q = random_int8(6, 100, gen)
 
     def f(x, packed, gamma, bias, x_q):
-        return lk.ternary_linear(x, packed, gamma, bias, layout="rows"), lk.ternary_matmul_int(x_q, packed, layout="rows")
+        return lk.ternary_linear(x, packed, gamma, bias, layout="planes"), lk.ternary_matmul_int(x_q, packed, layout="planes")
 
     compiled = torch.compile(f, fullgraph=True)
-    for got, want in zip(compiled(x, rows, gamma, bias, x_q), f(x, rows, gamma, bias, x_q)):
+    for got, want in zip(compiled(x, planes, gamma, bias, x_q), f(x, planes, gamma, bias, x_q)):
         assert got.dtype == want.dtype and torch.equal(got, want)
-    assert torch.equal(f(x, rows, gamma, bias, x_q)[1], (x_q.double() @ q.double().t()).to(torch.int32))
+    assert torch.equal(f(x, planes, gamma, bias, x_q)[1], (x_q.double() @ q.double().t()).to(torch.int32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,8 +229,8 @@ def test_compile_fullgraph_with_layout():
 
 
 @contextlib.contextmanager
-def rows_backend(monkeypatch):
-    """A stand-in accelerator backend that reads only "rows": registered as ``cuda`` for CPU tensors
+def planes_backend(monkeypatch):
+    """A stand-in accelerator backend that reads only "planes": registered as ``cuda`` for CPU tensors
     (so the automatic choice takes it first), computing through the reference. Yields its calls."""
     calls: list[tuple[str, str]] = []
 
@@ -235,8 +246,8 @@ def rows_backend(monkeypatch):
         mp.delenv("LMOPS_BACKEND", raising=False)
         mp.setattr(dispatch, "_TABLE", {op: dict(impls) for op, impls in dispatch._TABLE.items()})
         mp.setattr(dispatch, "_AUTO_CACHE", {})
-        dispatch.register("ternary_matmul_int", "cuda", ("cpu",), layouts=("rows",))(matmul_int)
-        dispatch.register("ternary_linear", "cuda", ("cpu",), layouts=("rows",))(linear)
+        dispatch.register("ternary_matmul_int", "cuda", ("cpu",), layouts=("planes",))(matmul_int)
+        dispatch.register("ternary_linear", "cuda", ("cpu",), layouts=("planes",))(linear)
         yield calls
 
 
@@ -246,8 +257,8 @@ def test_preferred_layout(monkeypatch, use_backend):
     use_backend("reference")
     assert dispatch.preferred_layout("ternary_matmul_int", "cpu") == "tiled"
     assert dispatch.select("ternary_linear", "cpu").layouts == ("tiled",)
-    with rows_backend(monkeypatch):
-        assert dispatch.preferred_layout("ternary_linear", "cpu") == "rows"
+    with planes_backend(monkeypatch):
+        assert dispatch.preferred_layout("ternary_linear", "cpu") == "planes"
         assert dispatch.preferred_layout("ternary_linear", "meta") == "tiled"  # the stand-in serves cpu only
         monkeypatch.setenv("LMOPS_BACKEND", "reference")  # forcing honoured
         assert dispatch.preferred_layout("ternary_linear", "cpu") == "tiled"
@@ -257,8 +268,8 @@ def test_preferred_layout(monkeypatch, use_backend):
 
 def test_register_validates_layouts(monkeypatch):
     monkeypatch.setattr(dispatch, "_TABLE", {})
-    with pytest.raises(ValueError, match=r"layouts: expected one of \('tiled', 'rows'\), got 'cols'"):
-        dispatch.register("x", "reference", ("cpu",), layouts=("rows", "cols"))
+    with pytest.raises(ValueError, match=r"layouts: expected one of \('tiled', 'planes'\), got 'cols'"):
+        dispatch.register("x", "reference", ("cpu",), layouts=("planes", "cols"))
     with pytest.raises(ValueError, match=r"layouts: expected at least one layout name"):
         dispatch.register("x", "reference", ("cpu",), layouts=())
     assert dispatch._TABLE == {}
@@ -282,41 +293,41 @@ def test_bitlinear_state_dict_is_tiled_whatever_the_layout():
     assert layer.weight_layout == "tiled"
     with torch.no_grad():
         want = layer(x)
-    assert layer.relayout("rows") is layer
-    assert layer.weight_layout == "rows" and "weight_layout='rows'" in repr(layer)
-    assert torch.equal(layer.weight_packed, rows_by_definition(q))
+    assert layer.relayout("planes") is layer
+    assert layer.weight_layout == "planes" and "weight_layout='planes'" in repr(layer)
+    assert torch.equal(layer.weight_packed, planes_by_definition(q))
     sd = layer.state_dict()
     assert torch.equal(sd["weight_packed"], lk.pack_ternary(q))
     assert torch.equal(layer.state_dict(keep_vars=True)["weight_packed"], lk.pack_ternary(q))
-    assert torch.equal(layer.weight_packed_as(), lk.pack_ternary(q)) and layer.weight_packed_as("rows") is layer.weight_packed
+    assert torch.equal(layer.weight_packed_as(), lk.pack_ternary(q)) and layer.weight_packed_as("planes") is layer.weight_packed
     with torch.no_grad():
         assert torch.equal(layer(x), want)  # the cpu/reference backend gets a converted copy
     assert torch.equal(layer.ternary_weight()[0], q)
-    assert torch.equal(layer.unpack().ternary_weight()[0], q)  # exact from "rows" too
+    assert torch.equal(layer.unpack().ternary_weight()[0], q)  # exact from "planes" too
     assert layer.weight_layout == "tiled" and not layer.is_packed
     assert "weight_layout" not in repr(layer)
     with pytest.raises(RuntimeError, match="weight_packed_as: the layer is in training mode"):
         layer.weight_packed_as()
-    assert layer.relayout("rows") is layer and layer.weight_layout == "tiled"  # nothing packed to lay out
+    assert layer.relayout("planes") is layer and layer.weight_layout == "tiled"  # nothing packed to lay out
 
 
-def test_bitlinear_load_tiled_into_rows_layer():
+def test_bitlinear_load_tiled_into_planes_layer():
     q, src, x = _layer_and_input(seed=31)
     sd = src.state_dict()
     before = sd["weight_packed"].clone()
     _, dst, _ = _layer_and_input(seed=32)  # other weights, same shapes
-    dst.relayout("rows")
+    dst.relayout("planes")
     dst.load_state_dict(sd)
-    assert dst.weight_layout == "rows"
-    assert torch.equal(dst.weight_packed, rows_by_definition(q))
+    assert dst.weight_layout == "planes"
+    assert torch.equal(dst.weight_packed, planes_by_definition(q))
     assert torch.equal(sd["weight_packed"], before)  # the caller's dict is left as it was
     with torch.no_grad():
         assert torch.equal(dst(x), src(x))
     # assign=True keeps the layer's layout too
     _, dst2, _ = _layer_and_input(seed=33)
-    dst2.relayout("rows")
+    dst2.relayout("planes")
     dst2.load_state_dict(sd, assign=True)
-    assert torch.equal(dst2.weight_packed, rows_by_definition(q))
+    assert torch.equal(dst2.weight_packed, planes_by_definition(q))
     # a wrong dtype is an error, not a silent cast
     bad = dict(sd, weight_packed=sd["weight_packed"].to(torch.int16))
     with pytest.raises(RuntimeError, match=r"weight_packed: expected uint8, got torch.int16"):
@@ -328,20 +339,20 @@ def test_bitlinear_layout_follows_backend(monkeypatch):
     q, plain, x = _layer_and_input(seed=34)
     with torch.no_grad():
         want = plain(x)
-    with rows_backend(monkeypatch) as calls:
+    with planes_backend(monkeypatch) as calls:
         packed_here = BitLinear.from_ternary(q, 0.0371, plain.bias)
-        assert packed_here.weight_layout == "rows"
+        assert packed_here.weight_layout == "planes"
         torch.manual_seed(35)
         trained = BitLinear(100, 13).pack()
-        assert trained.weight_layout == "rows"
+        assert trained.weight_layout == "planes"
         assert torch.equal(trained.state_dict()["weight_packed"], lk.pack_ternary(trained.ternary_weight()[0]))
-        assert torch.equal(trained.weight_packed, rows_by_definition(trained.ternary_weight()[0]))
+        assert torch.equal(trained.weight_packed, planes_by_definition(trained.ternary_weight()[0]))
         assert plain.weight_layout == "tiled"
         plain.to("cpu")  # _apply: same device, but the preferred layout changed
-        assert plain.weight_layout == "rows"
+        assert plain.weight_layout == "planes"
         with torch.no_grad():
             assert torch.equal(packed_here(x), want) and torch.equal(plain(x), want)
-        assert calls == [("ternary_linear", "rows")] * 2  # read in place, no conversion
+        assert calls == [("ternary_linear", "planes")] * 2  # read in place, no conversion
         sd = plain.state_dict()
         assert torch.equal(sd["weight_packed"], lk.pack_ternary(q))
     # back on the plain backends: relayout() (e.g. after changing LMOPS_BACKEND) restores "tiled"
@@ -357,7 +368,7 @@ def test_bitlinear_unavailable_backend_keeps_canonical(monkeypatch):
     layout); the forward reports the backend error."""
     monkeypatch.setattr(dispatch, "_TABLE", {op: dict(impls) for op, impls in dispatch._TABLE.items()})
     monkeypatch.setattr(dispatch, "_AUTO_CACHE", {})
-    dispatch.register("ternary_linear", "cuda", ("cuda",), layouts=("rows",))(lambda *a, **k: None)
+    dispatch.register("ternary_linear", "cuda", ("cuda",), layouts=("planes",))(lambda *a, **k: None)
     monkeypatch.setenv("LMOPS_BACKEND", "cuda")
     with pytest.raises(RuntimeError, match="cannot run on cpu tensors"):
         dispatch.preferred_layout("ternary_linear", "cpu")
@@ -367,11 +378,11 @@ def test_bitlinear_unavailable_backend_keeps_canonical(monkeypatch):
         layer(x)
 
 
-def test_compile_fullgraph_rows_bitlinear():
+def test_compile_fullgraph_planes_bitlinear():
     q, layer, x = _layer_and_input(seed=37)
     with torch.no_grad():
         want = layer(x)
-    layer.relayout("rows")
+    layer.relayout("planes")
     compiled = torch.compile(layer, fullgraph=True)
     with torch.no_grad():
         assert torch.equal(compiled(x), want)

@@ -4,8 +4,14 @@ Checks: ``quantize_activation_absmax`` bit-identical (with a NaN row and an Inf 
 ``ternary_matmul_int`` bit-identical int32 (decode kernel for M <= 16, tl.dot GEMM above),
 ``ternary_linear`` equal in float32 and close in bfloat16, on odd shapes whose K and N are not
 multiples of the block sizes (the last n-block of the packed layout is narrower than 8), with the
-weights in each packed layout the kernels read (``rows``, preferred, and the canonical ``tiled``);
-a packed ``BitLinear`` keeps ``rows`` weights under this backend and a backend-neutral state_dict.
+weights in each packed layout the kernels read (``planes``, preferred, and the canonical ``tiled``);
+the decode kernel's split-K path (int32 atomics, then the epilogue kernel) bit-identical too, with
+uneven and empty k-splits; a packed ``BitLinear`` keeps ``planes`` weights under this backend and a
+backend-neutral state_dict.
+
+Under the interpreter the launcher splits every decode GEMV in two (``_gemv_split_k``), so every
+``M <= 16`` case below runs the split path; ``test_triton_gemv_split_k`` forces other splits,
+the fused ``SPLIT_K = 1`` path among them.
 
 On CPU the kernels run under Triton's interpreter, which must see ``TRITON_INTERPRET=1`` before
 triton is imported; when this process did not start with it (another test module may have imported
@@ -34,7 +40,9 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 TRITON_IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1" and HAS_TRITON
 HAS_CUDA = torch.cuda.is_available() and HAS_TRITON
 
-# (M, K, N): M in {1, 3} takes the decode kernel, 17 the GEMM; K, N odd (narrow last n-block)
+# (M, K, N): M in {1, 3} takes the decode kernel, 17 the GEMM; K, N odd (narrow last n-block).
+# With the interpreter's BLOCK_KB = 2 and SPLIT_K = 2, K = 257 (17 k-blocks, 9 tiles) splits 5 + 4
+# tiles, the last one partial; K = 33 (3 k-blocks) splits 1 + 1.
 SHAPES = ((1, 33, 7), (3, 100, 13), (17, 257, 65), (1, 257, 65), (17, 33, 13))
 QUANT_SHAPES = ((1, 33), (3, 100), (17, 257), (2, 1))
 
@@ -96,7 +104,7 @@ def test_triton_matmul_int(triton_backend, device, m, k, n, layout):
     x_q = random_int8(m, k, gen)
     packed = lk.pack_ternary(random_ternary(n, k, gen))
     impl = dispatch.select("ternary_matmul_int", device)
-    assert impl.backend == "triton" and impl.layouts == ("rows", "tiled")  # both read in place, rows preferred
+    assert impl.backend == "triton" and impl.layouts == ("planes", "tiled")  # both read in place, planes preferred
     w = layouts.convert(packed, "tiled", layout).to(device)
     got = lk.ternary_matmul_int(x_q.to(device), w, layout=layout)
     assert_same(got, ref.ternary_matmul_int(x_q, packed))
@@ -135,9 +143,75 @@ def test_triton_linear_float32(triton_backend, device, m, k, n, with_bias, layou
     assert_same(got, ref.ternary_linear(x, packed, gamma, bias))
 
 
+# (M, K, N, SPLIT_K): the fused path (1), three splits of 9 tiles (K = 257) and of 4 (K = 100, the
+# last split partial), four splits of 2 tiles (K = 33: two splits empty), M = 16 (BLOCK_M = 16)
+SPLIT_CASES = ((1, 257, 13, 1), (3, 257, 9, 3), (3, 100, 13, 3), (16, 33, 9, 4), (1, 100, 13, 4))
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_triton_bitlinear_rows_layout_and_neutral_state_dict(monkeypatch, device):
-    """Under the triton backend a packed BitLinear keeps "rows" weights; its state_dict is the
+@pytest.mark.parametrize("m,k,n,split", SPLIT_CASES)
+@pytest.mark.parametrize("layout", layouts.LAYOUTS)
+def test_triton_gemv_split_k(triton_backend, monkeypatch, device, m, k, n, split, layout):
+    """Decode GEMV with a forced SPLIT_K: int32 sums and the float32 epilogue bit-identical."""
+    from lmops_kernels.triton import ternary as T
+
+    seen = []
+    monkeypatch.setattr(T, "_gemv_split_k", lambda *args: seen.append(args) or split)
+    gen = seeded(m * 5 + k * 11 + n + split)
+    x_q = random_int8(m, k, gen)
+    x = random_activations((m, k), torch.float32, gen)
+    packed = lk.pack_ternary(random_ternary(n, k, gen))
+    gamma = torch.tensor(0.0371, dtype=torch.float32)
+    bias = torch.randn(n, generator=gen)
+    w = layouts.convert(packed, "tiled", layout).to(device)
+    assert_same(lk.ternary_matmul_int(x_q.to(device), w, layout=layout), ref.ternary_matmul_int(x_q, packed))
+    got = lk.ternary_linear(x.to(device), w, gamma.to(device), bias.to(device), layout=layout)
+    assert_same(got, ref.ternary_linear(x, packed, gamma, bias))
+    got = lk.ternary_linear(x.to(device), w, gamma.to(device), None, layout=layout)
+    assert_same(got, ref.ternary_linear(x, packed, gamma, None))
+    assert [a[:3] for a in seen] == [(m, n, (k + 15) // 16)] * 3  # the GEMV ran, asking for a split each time
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_default_split(triton_backend, monkeypatch, device):
+    """The launcher's own split: 2 under the interpreter, the SM-count rule on a GPU (K = 4096,
+    N = 96 splits on any GPU); bit-identical either way."""
+    from lmops_kernels.triton import ternary as T
+
+    rule = T._gemv_split_k
+    chosen = []
+    monkeypatch.setattr(T, "_gemv_split_k", lambda *args: chosen.append(rule(*args)) or chosen[-1])
+    m, k, n = (3, 100, 13) if device == "cpu" else (1, 4096, 96)
+    gen = seeded(k + n)
+    x = random_activations((m, k), torch.float32, gen)
+    packed = lk.pack_ternary(random_ternary(n, k, gen))
+    gamma = torch.tensor(0.02, dtype=torch.float32)
+    w = layouts.convert(packed, "tiled", "planes").to(device)
+    got = lk.ternary_linear(x.to(device), w, gamma.to(device), layout="planes")
+    assert_same(got, ref.ternary_linear(x, packed, gamma))
+    assert len(chosen) == 1 and (chosen[0] == 2 if device == "cpu" else chosen[0] > 1), chosen
+
+
+@pytest.mark.skipif(not HAS_TRITON or TRITON_IN_PROCESS, reason="needs triton (runs outside the interpreter)")
+def test_gemv_split_k_rule(monkeypatch):
+    """The split rule for a 132-SM GPU (host arithmetic only: no GPU needed)."""
+    from lmops_kernels.triton import ternary as T
+
+    monkeypatch.setattr(T, "interpreting", lambda: False)
+    monkeypatch.setattr(T, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    # (M, N, KB) -> SPLIT_K: 4096 x 4096 fills 132 SMs at 8 splits (M = 1); M = 16 keeps >= 64
+    # k-blocks per split; wide layers need fewer splits; K < 1024 (KB < 64) never splits
+    for (m, n, kb), want in {
+        (1, 4096, 256): 8, (16, 4096, 256): 4, (1, 14336, 256): 4, (1, 4096, 896): 8, (1, 65536, 256): 1,
+        (1, 4096, 63): 1, (1, 4096, 64): 2, (1, 65, 17): 1, (8, 2560, 432): 8,
+    }.items():
+        assert T._gemv_split_k(m, n, kb, cuda) == want, (m, n, kb)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_bitlinear_planes_layout_and_neutral_state_dict(monkeypatch, device):
+    """Under the triton backend a packed BitLinear keeps "planes" weights; its state_dict is the
     canonical "tiled" packing, loads into a layer on the reference backend (and back) with identical
     float32 outputs (the triton kernels equal the reference bit for bit in float32)."""
     from lmops.layers.bitlinear import BitLinear
@@ -149,8 +223,8 @@ def test_triton_bitlinear_rows_layout_and_neutral_state_dict(monkeypatch, device
     x = random_activations((m, k), torch.float32, gen)
     monkeypatch.setenv("LMOPS_BACKEND", "triton")
     layer = BitLinear.from_ternary(q, 0.0371, bias).to(device)
-    assert layer.weight_layout == "rows" and "weight_layout='rows'" in repr(layer)
-    assert torch.equal(layer.weight_packed.cpu(), layouts.convert(lk.pack_ternary(q), "tiled", "rows"))
+    assert layer.weight_layout == "planes" and "weight_layout='planes'" in repr(layer)
+    assert torch.equal(layer.weight_packed.cpu(), layouts.convert(lk.pack_ternary(q), "tiled", "planes"))
     with torch.no_grad():
         got = layer(x.to(device)).cpu()
     sd = layer.state_dict()
@@ -168,7 +242,7 @@ def test_triton_bitlinear_rows_layout_and_neutral_state_dict(monkeypatch, device
     # and back: a reference-backend checkpoint into a fresh triton-backend layer
     monkeypatch.setenv("LMOPS_BACKEND", "triton")
     again = BitLinear.from_ternary(torch.zeros_like(q), 1.0, torch.zeros(n)).to(device)
-    assert again.weight_layout == "rows"
+    assert again.weight_layout == "planes"
     again.load_state_dict(plain.state_dict())
     with torch.no_grad():
         assert_same(again(x.to(device)), want)
@@ -232,10 +306,12 @@ def _packed_layer(k: int, n: int, device: str):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA and triton")
-@pytest.mark.parametrize("m", [1, 16, 40])
-def test_triton_cuda_graph_capture(triton_backend, m):
-    layer = _packed_layer(300, 77, "cuda")
-    x = random_activations((m, 300), torch.float32, seeded(m)).cuda()
+@pytest.mark.parametrize("m,k", [(1, 300), (16, 300), (40, 300), (1, 4096), (16, 4096)])
+def test_triton_cuda_graph_capture(triton_backend, m, k):
+    """K = 4096 (N = 77) splits the decode GEMV on any GPU: zeroed buffer, atomics and the epilogue
+    kernel are captured and replayed too."""
+    layer = _packed_layer(k, 77, "cuda")
+    x = random_activations((m, k), torch.float32, seeded(m)).cuda()
     want = ref.ternary_linear(x.cpu(), layer.weight_packed_as().cpu(), layer.weight_scale.cpu(), layer.bias.cpu())
     with torch.no_grad():
         stream = torch.cuda.Stream()
