@@ -1,10 +1,19 @@
 // W2A8 ternary kernels for NVIDIA GPUs (sm_80, sm_90). See ternary_kernels.cuh for the contract.
-// Compile-tested in CI (tests/kernels/test_cuda_compile.py); run and checked on a GPU by tests/kernels/test_gpu_cuda.py.
+// In CI (no GPU): compiled by nvcc (tests/kernels/test_cuda_compile.py) and run on the CPU under an emulator
+// of the CUDA subset used here (csrc/cuda/emulation, tests/kernels/test_cuda_emulated.py); on a GPU:
+// tests/kernels/test_gpu_cuda.py.
 #include "ternary_kernels.cuh"
 
 #include <math.h>
 
 #include <type_traits>
+
+// Kernel launch; under LMOPS_CUDA_EMULATE the emulator runs the kernel's threads on the CPU.
+#ifdef LMOPS_CUDA_EMULATE
+#define LMOPS_LAUNCH(kernel, grid, block, stream, ...) ::lmops_emu::launch(grid, dim3(block), [&] { kernel(__VA_ARGS__); })
+#else
+#define LMOPS_LAUNCH(kernel, grid, block, stream, ...) kernel<<<grid, block, 0, stream>>>(__VA_ARGS__)
+#endif
 
 namespace lmops {
 namespace cuda {
@@ -126,11 +135,15 @@ constexpr int kGemvWarps = kGemvThreads / 32;
 
 // Not volatile: a pure load, so the compiler may batch and reorder it (memory-level parallelism).
 __device__ __forceinline__ uint4 load_weights_streaming(const uint4* p) {
+#ifdef LMOPS_CUDA_EMULATE
+  return *p;
+#else
   uint4 v;
   asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
       : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
       : "l"(p));
   return v;
+#endif
 }
 
 constexpr int kGemvUnroll = 4;  // 16-byte weight loads each thread keeps in flight
@@ -260,7 +273,9 @@ constexpr int kGemmStride = kGemmBK + 16;  // bytes per shared row
 constexpr int kGemmStages = 2;
 
 __device__ __forceinline__ void mma_s8_16832(int32_t (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(LMOPS_CUDA_EMULATE)
+  ::lmops_emu::mma_s8_16832(c, a, b0, b1);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
@@ -275,7 +290,9 @@ __device__ __forceinline__ void mma_s8_16832(int32_t (&c)[4], const uint32_t (&a
 // k 16+4t..), a3 = (row g+8, k 16+4t..). As four 8x8 b16 matrices: rows 0-7 / 8-15 x k bytes 0-15 /
 // 16-31; lane l supplies the address of row (l % 8) + 8 ((l / 8) % 2), byte 16 (l / 16).
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], const int8_t* smem_row) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(LMOPS_CUDA_EMULATE)
+  ::lmops_emu::ldmatrix_x4(a, smem_row);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
@@ -287,7 +304,9 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], const int8_t* smem
 
 // 16-byte global -> shared copy, zero-filled when !pred (no bytes are read then).
 __device__ __forceinline__ void cp_async_16(int8_t* smem, const int8_t* gmem, bool pred) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(LMOPS_CUDA_EMULATE)
+  for (int i = 0; i < 16; ++i) smem[i] = pred ? gmem[i] : static_cast<int8_t>(0);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem), "r"(pred ? 16 : 0));
 #else
@@ -431,8 +450,8 @@ void gemm_launch(int64_t M, int64_t NB, const int8_t* xq, const float* scale, co
   const int64_t per_block = static_cast<int64_t>(kGemmWarps) * NT;
   const dim3 grid(static_cast<unsigned>((NB + per_block - 1) / per_block),
                   static_cast<unsigned>((M + kGemmBM - 1) / kGemmBM));
-  ternary_gemm_kernel<T, NT><<<grid, kGemmThreads, 0, stream>>>(xq, scale, rowsum, M, ldq, packed, N, KB, gamma,
-                                                                bias, y);
+  const auto kernel = ternary_gemm_kernel<T, NT>;
+  LMOPS_LAUNCH(kernel, grid, kGemmThreads, stream, xq, scale, rowsum, M, ldq, packed, N, KB, gamma, bias, y);
 }
 
 // Multiprocessors of the current device (cached per device; a host attribute query, no sync).
@@ -452,8 +471,8 @@ void gemv_launch(dim3 grid, const int8_t* xq, const float* scale, const int32_t*
                  const uint8_t* packed, int64_t N, int64_t KB, const float* gamma, const float* bias, T* y,
                  cudaStream_t stream) {
   grid.y = static_cast<unsigned>((M + MT - 1) / MT);
-  ternary_gemv_kernel<T, MT><<<grid, kGemvThreads, 0, stream>>>(xq, scale, rowsum, M, ldq, packed, N, KB, gamma,
-                                                               bias, y);
+  const auto kernel = ternary_gemv_kernel<T, MT>;
+  LMOPS_LAUNCH(kernel, grid, kGemvThreads, stream, xq, scale, rowsum, M, ldq, packed, N, KB, gamma, bias, y);
 }
 
 }  // namespace
@@ -462,14 +481,15 @@ template <typename T>
 cudaError_t launch_quantize_rows(const T* x, int64_t M, int64_t K, int64_t ldq, float qmax, int8_t* q, float* scale,
                                  int32_t* rowsum, cudaStream_t stream) {
   if (M <= 0) return cudaSuccess;
-  quantize_rows_kernel<T><<<static_cast<unsigned>(M), kQuantThreads, 0, stream>>>(x, K, ldq, qmax, q, scale, rowsum);
+  const auto kernel = quantize_rows_kernel<T>;
+  LMOPS_LAUNCH(kernel, dim3(static_cast<unsigned>(M)), kQuantThreads, stream, x, K, ldq, qmax, q, scale, rowsum);
   return cudaGetLastError();
 }
 
 cudaError_t launch_pad_rows(const int8_t* x, int64_t M, int64_t K, int64_t ldx, int64_t ldq, int8_t* q,
                             int32_t* rowsum, cudaStream_t stream) {
   if (M <= 0) return cudaSuccess;
-  pad_rows_kernel<<<static_cast<unsigned>(M), kQuantThreads, 0, stream>>>(x, K, ldx, ldq, q, rowsum);
+  LMOPS_LAUNCH(pad_rows_kernel, dim3(static_cast<unsigned>(M)), kQuantThreads, stream, x, K, ldx, ldq, q, rowsum);
   return cudaGetLastError();
 }
 

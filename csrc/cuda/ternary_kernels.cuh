@@ -27,9 +27,13 @@
 // lmops_kernels/cuda_backend.py). GPU tests: tests/kernels/test_gpu_cuda.py (@pytest.mark.gpu).
 #pragma once
 
+#ifdef LMOPS_CUDA_EMULATE  // CPU emulation for CI without a GPU: tests/kernels/test_cuda_emulated.py
+#include "emulation/cuda_emu.h"
+#else
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#endif
 #include <stdint.h>
 
 namespace lmops {
