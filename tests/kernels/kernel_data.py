@@ -57,3 +57,13 @@ def assert_same(got: torch.Tensor, want: torch.Tensor) -> None:
             f"{int(bad.sum())} mismatches, first at {idx}: got {[got[tuple(i)].item() for i in idx]}, "
             f"want {[want[tuple(i)].item() for i in idx]}"
         )
+
+
+def extreme_matmul(m: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_q (m, k) int8, q (n, k) int8)`` whose products are all at their largest, both signs: rows of
+    -128 (row 1: 127) against rows of all +1 / all -1, so ``|acc| = 128 k`` (int32 overflow checks)."""
+    x_q = torch.full((m, k), -128, dtype=torch.int8)
+    x_q[1] = 127
+    q = torch.ones((n, k), dtype=torch.int8)
+    q[::2] = -1
+    return x_q, q

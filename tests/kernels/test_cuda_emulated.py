@@ -32,7 +32,7 @@ import lmops_kernels as lk
 from lmops_kernels import reference as ref
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kernel_data import assert_same, random_activations, random_int8, random_ternary, seeded  # noqa: E402
+from kernel_data import assert_same, extreme_matmul, random_activations, random_int8, random_ternary, seeded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CXX = shutil.which("g++") or shutil.which("c++")
@@ -122,10 +122,7 @@ def test_emulated_matmul_int(driver, tmp_path, path, m, k, n):
 def test_emulated_matmul_int_extremes(driver, tmp_path):
     # |acc| = 128 K: every product at its largest, both signs, through both kernels
     m, k, n = 18, 1041, 11
-    x_q = torch.full((m, k), -128, dtype=torch.int8)
-    x_q[1] = 127
-    q = torch.ones((n, k), dtype=torch.int8)
-    q[::2] = -1
+    x_q, q = extreme_matmul(m, k, n)
     packed = lk.pack_ternary(q)
     _write(tmp_path, "x", x_q)
     _write(tmp_path, "packed", packed)

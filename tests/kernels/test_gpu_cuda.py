@@ -29,7 +29,7 @@ from lmops_kernels import cuda_backend, dispatch
 from lmops_kernels import reference as ref
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kernel_data import assert_same, random_activations, random_int8, random_ternary, seeded  # noqa: E402
+from kernel_data import assert_same, extreme_matmul, random_activations, random_int8, random_ternary, seeded  # noqa: E402
 
 _REASON = cuda_backend.unavailable("cuda")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=f"cuda backend: {_REASON}")]
@@ -77,10 +77,7 @@ def test_cuda_matmul_int(cuda_forced, m, k, n):
 
 def test_cuda_matmul_int_extremes(cuda_forced):
     m, k, n = 40, 4099, 11
-    x_q = torch.full((m, k), -128, dtype=torch.int8)
-    x_q[1] = 127
-    q = torch.ones((n, k), dtype=torch.int8)
-    q[::2] = -1
+    x_q, q = extreme_matmul(m, k, n)
     packed = lk.pack_ternary(q)
     for rows in (m, 2):  # GEMM and GEMV
         assert_same(lk.ternary_matmul_int(x_q[:rows].cuda(), packed.cuda()), ref.ternary_matmul_int(x_q[:rows], packed))

@@ -34,7 +34,7 @@ from lmops_kernels import dispatch, layouts
 from lmops_kernels import reference as ref
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kernel_data import assert_same, random_activations, random_int8, random_ternary, seeded  # noqa: E402
+from kernel_data import assert_same, extreme_matmul, random_activations, random_int8, random_ternary, seeded  # noqa: E402
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 TRITON_IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1" and HAS_TRITON
@@ -114,10 +114,7 @@ def test_triton_matmul_int(triton_backend, device, m, k, n, layout):
 def test_triton_matmul_int_extremes(triton_backend, device):
     # all -128 against all -1 / +1: the largest sums (|acc| = 128 K) stay exact
     m, k, n = 17, 257, 9
-    x_q = torch.full((m, k), -128, dtype=torch.int8)
-    x_q[1] = 127
-    q = torch.ones((n, k), dtype=torch.int8)
-    q[::2] = -1
+    x_q, q = extreme_matmul(m, k, n)
     packed = lk.pack_ternary(q)
     for rows in (m, 2):
         got = lk.ternary_matmul_int(x_q[:rows].to(device), packed.to(device))
