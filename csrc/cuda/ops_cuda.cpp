@@ -103,7 +103,7 @@ at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed) {
   const auto launch = M <= kGemvMaxRows ? launch_ternary_gemv<int32_t> : launch_ternary_gemm<int32_t>;
   C10_CUDA_CHECK(launch(static_cast<const int8_t*>(xq.const_data_ptr()), nullptr,
                         static_cast<const int32_t*>(rowsum.const_data_ptr()), M, ldq,
-                        static_cast<const uint8_t*>(w.const_data_ptr()), N, K, nullptr, nullptr,
+                        static_cast<const uint8_t*>(w.const_data_ptr()), N, K, nullptr, Bias{},
                         static_cast<int32_t*>(out.mutable_data_ptr()), stream));
   return out;
 }
@@ -134,11 +134,20 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const a
   at::Tensor y = at::empty(out_shape, xc.options());
   if (M == 0 || N == 0) return y;
   const at::Tensor w = aligned_contiguous(packed);
-  // Device-side float32 copies (no-ops when they already are): the kernels read gamma on the device, so
-  // a captured graph picks up a new weight_scale without a host read.
+  // gamma as a device float32 (a no-op when it already is, as BitLinear keeps it): the kernels read it
+  // on the device, so a captured graph picks up a new weight_scale without a host read.
   const at::Tensor gamma = weight_scale.reshape({1}).to(at::kFloat).contiguous();
-  at::Tensor bias_f;
-  if (bias.has_value()) bias_f = bias->to(at::kFloat).contiguous();
+  // The bias is read in its own dtype (float32, float16 or bfloat16) and widened in the epilogue.
+  at::Tensor bias_c;
+  Bias bias_arg;
+  if (bias.has_value()) {
+    const auto st = bias->scalar_type();
+    TORCH_CHECK_TYPE(st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
+                     "bias: expected float32, float16 or bfloat16, got ", st);
+    bias_c = bias->contiguous();
+    bias_arg.data = bias_c.const_data_ptr();
+    bias_arg.type = st == at::kFloat ? BiasType::kFloat : st == at::kHalf ? BiasType::kHalf : BiasType::kBFloat16;
+  }
   at::Tensor xq = at::empty({M, ldq}, xc.options().dtype(at::kChar));
   at::Tensor scale = at::empty({M}, xc.options().dtype(at::kFloat));
   at::Tensor rowsum = at::empty({M}, xc.options().dtype(at::kInt));
@@ -155,7 +164,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const a
                   static_cast<const int32_t*>(rowsum.const_data_ptr()), M, ldq,
                   static_cast<const uint8_t*>(w.const_data_ptr()), N, K,
                   static_cast<const float*>(gamma.const_data_ptr()),
-                  bias_f.defined() ? static_cast<const float*>(bias_f.const_data_ptr()) : nullptr,
+                  bias_arg,
                   static_cast<T*>(y.mutable_data_ptr()), stream);
   }));
   return y;

@@ -36,9 +36,22 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { re
 
 // y = float(acc) * (gamma / s) [+ bias]: explicit _rn intrinsics so nvcc cannot contract to an FMA
 // (the CPU build uses -ffp-contract=off and the reference is unfused torch).
-__device__ __forceinline__ float epilogue(int32_t acc, float r, const float* bias, int64_t n) {
+// The bias is read in its own dtype and widened here (exact), as the reference's bias.float(): no
+// per-call conversion of it on the host side.
+__device__ __forceinline__ float load_bias(Bias bias, int64_t n) {
+  switch (bias.type) {
+    case BiasType::kFloat:
+      return static_cast<const float*>(bias.data)[n];
+    case BiasType::kHalf:
+      return to_float(static_cast<const __half*>(bias.data)[n]);
+    default:
+      return to_float(static_cast<const __nv_bfloat16*>(bias.data)[n]);
+  }
+}
+
+__device__ __forceinline__ float epilogue(int32_t acc, float r, Bias bias, int64_t n) {
   float v = __fmul_rn(static_cast<float>(acc), r);
-  if (bias != nullptr) v = __fadd_rn(v, bias[n]);
+  if (bias.type != BiasType::kNone) v = __fadd_rn(v, load_bias(bias, n));
   return v;
 }
 
@@ -153,7 +166,7 @@ __global__ void __launch_bounds__(kGemvThreads)
     ternary_gemv_kernel(const int8_t* __restrict__ xq, const float* __restrict__ scale,
                         const int32_t* __restrict__ rowsum, int64_t M, int64_t ldq,
                         const uint8_t* __restrict__ packed, int64_t N, int64_t KB,
-                        const float* __restrict__ gamma, const float* __restrict__ bias, T* __restrict__ y) {
+                        const float* __restrict__ gamma, Bias bias, T* __restrict__ y) {
   __shared__ int32_t part[kGemvWarps][MT][8];
   const int64_t nb = blockIdx.x;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * MT;
@@ -332,7 +345,7 @@ __global__ void __launch_bounds__(kGemmThreads)
     ternary_gemm_kernel(const int8_t* __restrict__ xq, const float* __restrict__ scale,
                         const int32_t* __restrict__ rowsum, int64_t M, int64_t ldq,
                         const uint8_t* __restrict__ packed, int64_t N, int64_t KB,
-                        const float* __restrict__ gamma, const float* __restrict__ bias, T* __restrict__ y) {
+                        const float* __restrict__ gamma, Bias bias, T* __restrict__ y) {
   __shared__ __align__(128) int8_t xs[kGemmStages][kGemmBM * kGemmStride];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -445,7 +458,7 @@ __global__ void __launch_bounds__(kGemmThreads)
 
 template <typename T, int NT>
 void gemm_launch(int64_t M, int64_t NB, const int8_t* xq, const float* scale, const int32_t* rowsum, int64_t ldq,
-                 const uint8_t* packed, int64_t N, int64_t KB, const float* gamma, const float* bias, T* y,
+                 const uint8_t* packed, int64_t N, int64_t KB, const float* gamma, Bias bias, T* y,
                  cudaStream_t stream) {
   const int64_t per_block = static_cast<int64_t>(kGemmWarps) * NT;
   const dim3 grid(static_cast<unsigned>((NB + per_block - 1) / per_block),
@@ -468,7 +481,7 @@ int sm_count() {
 
 template <typename T, int MT>
 void gemv_launch(dim3 grid, const int8_t* xq, const float* scale, const int32_t* rowsum, int64_t M, int64_t ldq,
-                 const uint8_t* packed, int64_t N, int64_t KB, const float* gamma, const float* bias, T* y,
+                 const uint8_t* packed, int64_t N, int64_t KB, const float* gamma, Bias bias, T* y,
                  cudaStream_t stream) {
   grid.y = static_cast<unsigned>((M + MT - 1) / MT);
   const auto kernel = ternary_gemv_kernel<T, MT>;
@@ -496,7 +509,7 @@ cudaError_t launch_pad_rows(const int8_t* x, int64_t M, int64_t K, int64_t ldx, 
 template <typename T>
 cudaError_t launch_ternary_gemv(const int8_t* xq, const float* scale, const int32_t* rowsum, int64_t M,
                                 int64_t ldq, const uint8_t* packed, int64_t N, int64_t K, const float* gamma,
-                                const float* bias, T* y, cudaStream_t stream) {
+                                Bias bias, T* y, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return cudaSuccess;
   const int64_t KB = (K + 15) / 16;
   const dim3 grid(static_cast<unsigned>((N + 7) / 8), 1);
@@ -517,7 +530,7 @@ cudaError_t launch_ternary_gemv(const int8_t* xq, const float* scale, const int3
 template <typename T>
 cudaError_t launch_ternary_gemm(const int8_t* xq, const float* scale, const int32_t* rowsum, int64_t M,
                                 int64_t ldq, const uint8_t* packed, int64_t N, int64_t K, const float* gamma,
-                                const float* bias, T* y, cudaStream_t stream) {
+                                Bias bias, T* y, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return cudaSuccess;
   const int64_t KB = (K + 15) / 16;
   const int64_t NB = (N + 7) / 8;
@@ -540,10 +553,10 @@ cudaError_t launch_ternary_gemm(const int8_t* xq, const float* scale, const int3
                                                int32_t*, cudaStream_t);
 #define LMOPS_INSTANTIATE(T)                                                                                      \
   template cudaError_t launch_ternary_gemv<T>(const int8_t*, const float*, const int32_t*, int64_t, int64_t,      \
-                                              const uint8_t*, int64_t, int64_t, const float*, const float*, T*,  \
+                                              const uint8_t*, int64_t, int64_t, const float*, Bias, T*,           \
                                               cudaStream_t);                                                     \
   template cudaError_t launch_ternary_gemm<T>(const int8_t*, const float*, const int32_t*, int64_t, int64_t,      \
-                                              const uint8_t*, int64_t, int64_t, const float*, const float*, T*,  \
+                                              const uint8_t*, int64_t, int64_t, const float*, Bias, T*,           \
                                               cudaStream_t);
 
 LMOPS_INSTANTIATE_QUANT(float)

@@ -18,8 +18,8 @@
 //   - xq is (M, ldq) int8 with ldq a multiple of 16, ldq >= 16 * ceil(K / 16), padding columns zero
 //     (launch_quantize_rows writes exactly that); xq 16-byte aligned.
 //   - packed is the contiguous (N, 4 * ceil(K / 16)) uint8 tiled packing, 16-byte aligned.
-//   - gamma is a device pointer to one float32 (no host read: CUDA-graph safe); bias is null or a
-//     device (N,) float32; scale/rowsum are (M,) from launch_quantize_rows; y is (M, N) contiguous T.
+//   - gamma is a device pointer to one float32 (no host read: CUDA-graph safe); bias is Bias{} (none)
+//     or a device (N,) vector in float32, float16 or bfloat16; scale/rowsum are (M,) from launch_quantize_rows; y is (M, N) contiguous T.
 //   - No launcher allocates, synchronizes or reads device memory on the host: all are capturable in a
 //     CUDA graph. Each returns cudaGetLastError() of its launch (cudaSuccess for empty problems).
 //
@@ -39,6 +39,13 @@
 namespace lmops {
 namespace cuda {
 
+// The optional (N,) bias of ternary_linear, in its own dtype (read on the device, widened to float32).
+enum class BiasType : int { kNone = 0, kFloat = 1, kHalf = 2, kBFloat16 = 3 };
+struct Bias {
+  const void* data = nullptr;
+  BiasType type = BiasType::kNone;
+};
+
 // Per-row absmax quantization. One block per row. x: (M, K) contiguous; qmax = 2^(bits-1) - 1 (127 for
 // int8), q in [-qmax - 1, qmax]; q: (M, ldq), ldq >= K, columns [K, ldq) written as zero; scale: (M,)
 // float32; rowsum: (M,) sum of the q row, or null.
@@ -53,17 +60,17 @@ cudaError_t launch_pad_rows(const int8_t* x, int64_t M, int64_t K, int64_t ldx, 
 
 // Decode GEMV (intended for M <= 16; any M works, rows are processed 16 at a time per grid row).
 // y[m, n] = float(sum_k xq[m, k] * q[n, k]) * (gamma / scale[m]) (+ bias[n]). With T = int32_t, y is the
-// exact integer product and gamma, scale and bias are not read (pass null).
+// exact integer product and gamma, scale and bias are not read (pass null and Bias{}).
 template <typename T>
 cudaError_t launch_ternary_gemv(const int8_t* xq, const float* scale, const int32_t* rowsum, int64_t M,
                                 int64_t ldq, const uint8_t* packed, int64_t N, int64_t K, const float* gamma,
-                                const float* bias, T* y, cudaStream_t stream);
+                                Bias bias, T* y, cudaStream_t stream);
 
 // Prefill GEMM (int8 mma.sync m16n8k32 tensor cores, sm_80+); same contract and result as the GEMV.
 template <typename T>
 cudaError_t launch_ternary_gemm(const int8_t* xq, const float* scale, const int32_t* rowsum, int64_t M,
                                 int64_t ldq, const uint8_t* packed, int64_t N, int64_t K, const float* gamma,
-                                const float* bias, T* y, cudaStream_t stream);
+                                Bias bias, T* y, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace lmops

@@ -158,7 +158,7 @@ def test_emulated_linear(driver, tmp_path, dtype, path, m, k, n, bias):
     _write(tmp_path, "packed", packed)
     _write(tmp_path, "gamma", gamma)
     if bias:
-        _write(tmp_path, "bias", b.float())  # the binding hands the kernels a float32 bias
+        _write(tmp_path, "bias", b)  # in its own dtype, as the binding hands it to the kernels
     _run(driver, tmp_path, "linear", dtype, path, m, n, k, bias=bias)
     want = ref.ternary_linear(x, packed, gamma, b)
     assert_same(_read(tmp_path, "y", _DTYPES[dtype], (m, n)), want)

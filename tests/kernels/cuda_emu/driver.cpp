@@ -5,7 +5,7 @@
 //   OP: quant | linear | matmul_int; DTYPE: f32 | bf16 | f16 (activations and output; matmul_int: i8 in,
 //   i32 out); PATH: gemv | gemm (which matmul kernel, whatever M is); files in DIR, raw little-endian:
 //   in  x.bin (M*K of DTYPE, or int8 for matmul_int), packed.bin (N*4*ceil(K/16) uint8), gamma.bin (f32),
-//       bias.bin (N f32, when HAS_BIAS)
+//       bias.bin (N of DTYPE, when HAS_BIAS)
 //   out quant: q.bin (M*K int8), s.bin (M f32); linear: y.bin (M*N DTYPE); matmul_int: y.bin (M*N int32)
 #include "ternary_kernels.cu"
 
@@ -55,7 +55,7 @@ int run(const std::string& op, const std::string& path, int64_t M, int64_t N, in
     launch_pad_rows(reinterpret_cast<const int8_t*>(x.data()), M, K, K, ldq, xq.data(), rowsum.data(), nullptr);
     std::vector<int32_t> y(M * N);
     const auto launch = path == "gemv" ? launch_ternary_gemv<int32_t> : launch_ternary_gemm<int32_t>;
-    launch(xq.data(), nullptr, rowsum.data(), M, ldq, w, N, K, nullptr, nullptr, y.data(), nullptr);
+    launch(xq.data(), nullptr, rowsum.data(), M, ldq, w, N, K, nullptr, Bias{}, y.data(), nullptr);
     write_file(dir + "/y.bin", y.data(), y.size() * sizeof(int32_t));
     return 0;
   }
@@ -66,8 +66,13 @@ int run(const std::string& op, const std::string& path, int64_t M, int64_t N, in
                           nullptr);
   std::vector<T> y(M * N);
   const auto launch = path == "gemv" ? launch_ternary_gemv<T> : launch_ternary_gemm<T>;
-  launch(xq.data(), s.data(), rowsum.data(), M, ldq, w, N, K, reinterpret_cast<const float*>(gamma.data()),
-         has_bias ? reinterpret_cast<const float*>(bias.data()) : nullptr, y.data(), nullptr);
+  Bias b;
+  if (has_bias) {
+    b.data = bias.data();
+    b.type = std::is_same_v<T, float> ? BiasType::kFloat : std::is_same_v<T, __half> ? BiasType::kHalf : BiasType::kBFloat16;
+  }
+  launch(xq.data(), s.data(), rowsum.data(), M, ldq, w, N, K, reinterpret_cast<const float*>(gamma.data()), b, y.data(),
+         nullptr);
   write_file(dir + "/y.bin", y.data(), y.size() * sizeof(T));
   return 0;
 }
