@@ -18,12 +18,11 @@ counter (:mod:`lmops.nvml`) over the same difference. Skipped without CUDA. No s
 from __future__ import annotations
 
 import statistics
-import time
 
 import pytest
 import torch
 
-from e2e_models import build_bf16, build_lmops, llama_config, weight_bytes
+from e2e_models import build_bf16, build_lmops, generate_seconds, llama_config, weight_bytes
 from lmops import nvml
 from lmops_kernels import dispatch
 
@@ -46,15 +45,6 @@ def models():
     return {"cfg": cfg, "bf16": bf16, "lmops": lmops, "prompt": prompt}
 
 
-@torch.inference_mode()
-def _generate_s(model, prompt: torch.Tensor, n: int, gen_kwargs: dict) -> float:
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, **gen_kwargs)
-    torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
 def _decode(model, prompt, gen_kwargs: dict) -> tuple[float, float | None]:
     """(tokens/s, joules/token or None) of NEW_TOKENS decode steps."""
     meter = nvml.EnergyMeter() if nvml.unavailable() is None else None
@@ -62,7 +52,7 @@ def _decode(model, prompt, gen_kwargs: dict) -> tuple[float, float | None]:
     for n in (1, NEW_TOKENS + 1):
         if meter is not None:
             meter.start()
-        seconds = _generate_s(model, prompt, n, gen_kwargs)
+        seconds = generate_seconds(model, prompt, n, **gen_kwargs)
         runs[n] = (seconds, meter.stop() if meter is not None else None)
     dt = max(runs[NEW_TOKENS + 1][0] - runs[1][0], 1e-9)
     joules = None if meter is None else (runs[NEW_TOKENS + 1][1] - runs[1][1]) / NEW_TOKENS

@@ -104,16 +104,22 @@ def weight_bytes(model: nn.Module, projections_only: bool = False) -> int:
 
 
 @torch.inference_mode()
-def decode_tokens_per_s(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> float:
+def generate_seconds(model: nn.Module, prompt: torch.Tensor, n: int, **gen_kwargs) -> float:
+    """Wall time of one greedy ``generate`` of exactly ``n`` new tokens (the GPU drained on both sides
+    when ``prompt`` is on CUDA)."""
+    sync = torch.cuda.synchronize if prompt.is_cuda else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, **gen_kwargs)
+    sync()
+    return time.perf_counter() - t0
+
+
+def decode_tokens_per_s(model: nn.Module, prompt: torch.Tensor, new_tokens: int, **gen_kwargs) -> float:
     """Greedy decode speed: ``new_tokens`` / (time of generate(new_tokens + 1) - time of generate(1)),
     so prefill and the first token are excluded."""
-
-    def gen(n: int) -> float:
-        t0 = time.perf_counter()
-        model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        return time.perf_counter() - t0
-
-    return new_tokens / max(gen(new_tokens + 1) - gen(1), 1e-9)
+    full = generate_seconds(model, prompt, new_tokens + 1, **gen_kwargs)
+    return new_tokens / max(full - generate_seconds(model, prompt, 1, **gen_kwargs), 1e-9)
 
 
 @torch.inference_mode()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _native, dispatch, layouts
+from . import _native, dispatch
 from . import reference as ref
 
 _ALL_DEVICES = ("cpu", "cuda", "meta", "xpu", "mps")
@@ -27,13 +27,8 @@ for _op in (
     dispatch.register(_op, "reference", _ALL_DEVICES)(getattr(ref, _op))
 
 
-def _tiled_only(layout: str) -> None:
-    layouts.require(layout, ("tiled",), "reference/cpu")
-
-
 @dispatch.register("ternary_matmul_int", "reference", _ALL_DEVICES)
 def _ref_ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor, layout: str = "tiled") -> torch.Tensor:
-    _tiled_only(layout)
     return ref.ternary_matmul_int(x_q, packed)
 
 
@@ -45,7 +40,6 @@ def _ref_ternary_linear(
     bias: torch.Tensor | None = None,
     layout: str = "tiled",
 ) -> torch.Tensor:
-    _tiled_only(layout)
     return ref.ternary_linear(x, packed, weight_scale, bias)
 
 
@@ -62,7 +56,6 @@ def _cpu_quantize_activation_absmax(x: torch.Tensor, bits: int = 8) -> tuple[tor
 
 @dispatch.register("ternary_matmul_int", "cpu", ("cpu",), unavailable=_native_missing)
 def _cpu_ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor, layout: str = "tiled") -> torch.Tensor:
-    _tiled_only(layout)
     return _native.module().ternary_matmul_int(x_q, packed, _native.cpu_isa())
 
 
@@ -74,7 +67,6 @@ def _cpu_ternary_linear(
     bias: torch.Tensor | None = None,
     layout: str = "tiled",
 ) -> torch.Tensor:
-    _tiled_only(layout)
     return _native.module().ternary_linear(x.contiguous(), packed.contiguous(), weight_scale, bias, _native.cpu_isa())
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _native, dispatch, layouts
+from . import _native, dispatch
 
 _capability_ok: dict[int, bool] = {}
 
@@ -41,10 +41,6 @@ def unavailable(device: str) -> str | None:
     return None
 
 
-def _tiled(layout: str) -> None:
-    layouts.require(layout, ("tiled",), "cuda")
-
-
 @dispatch.register("quantize_activation_absmax", "cuda", ("cuda",), unavailable=unavailable)
 def quantize_activation_absmax(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """``x (..., K)`` float -> ``(q int8 (..., K), scale float32 (..., 1))`` on the GPU."""
@@ -54,7 +50,6 @@ def quantize_activation_absmax(x: torch.Tensor, bits: int = 8) -> tuple[torch.Te
 @dispatch.register("ternary_matmul_int", "cuda", ("cuda",), unavailable=unavailable)
 def ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor, layout: str = "tiled") -> torch.Tensor:
     """``x_q (M, K) int8`` times the packed ternary weights ``(N, 4 ceil(K/16))`` -> ``(M, N) int32``."""
-    _tiled(layout)
     return _native.module().cuda_ternary_matmul_int(x_q, packed)
 
 
@@ -68,5 +63,4 @@ def ternary_linear(
 ) -> torch.Tensor:
     """W2A8 linear ``(..., K) -> (..., N)`` in ``x``'s dtype: the dp4a GEMV for at most 16 rows, the
     int8 tensor-core GEMM above."""
-    _tiled(layout)
     return _native.module().cuda_ternary_linear(x, packed, weight_scale, bias)

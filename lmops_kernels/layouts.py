@@ -45,13 +45,6 @@ def check_layout(name: object, arg: str = "layout") -> str:
     return name  # type: ignore[return-value]
 
 
-def require(layout: str, readable: tuple[str, ...], backend: str) -> None:
-    """Raise ``ValueError`` unless ``backend`` reads ``layout`` (one of ``readable``). The ops convert
-    to a layout the chosen backend lists before calling it, so failing here is a dispatcher bug."""
-    if layout not in readable:
-        raise ValueError(f"layout: the {backend} backend reads {readable} packed weights, got {layout!r}")
-
-
 def _tiled_to_columns(packed: torch.Tensor) -> torch.Tensor:
     """Tiled bytes -> ``(N, KB, 4)``: byte ``[n, kb, kk]`` of the tiled layout (a byte permutation)."""
     n, cols = packed.shape
@@ -84,7 +77,6 @@ def _shifts(device: torch.device) -> torch.Tensor:
 
 def _tiled_to_planes(packed: torch.Tensor) -> torch.Tensor:
     n, cols = packed.shape
-    kb = cols // 4
     columns = _tiled_to_columns(packed)  # [n, kb, kk]
     codes = (columns.unsqueeze(-1) >> _shifts(packed.device)) & 3  # [n, kb, kk, j]: k = 16 kb + 4 j + kk
     codes = codes.permute(0, 1, 3, 2).reshape(n, 4, cols)  # [n, k] viewed as [n, j', b]: k = j' * 4 KB + b
