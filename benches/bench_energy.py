@@ -3,7 +3,7 @@
 Per ../shared/design/BENCHMARKS.md: measured joules where the CPU exposes RAPL under
 /sys/class/powercap (readable ``energy_uj``); everywhere else an arithmetic-energy ESTIMATE from
 operation counts, labelled as such, with the per-operation constants and their sources in
-:mod:`lmops.energy`. The estimate counts arithmetic only; DRAM energy is left out (no cited source
+:mod:`lmops.bench.energy`. The estimate counts arithmetic only; DRAM energy is left out (no cited source
 in the project's research notes).
 
     python -m pytest benches/bench_energy.py --benchmark-only -s
@@ -20,7 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from lmops import BitLinear, energy
+from lmops import BitLinear
+from lmops.bench import energy
 
 N = K = 4096
 DECODE_CALLS = 64

@@ -10,7 +10,7 @@ Both decode through ``transformers``' own ``generate`` (greedy, batch 1), in two
 
 Decode speed = new tokens / (time of generate(n + 1) - time of generate(1)), so prefill and the first
 token are excluded; providers interleaved, median of ROUNDS. Energy per token: NVML's total-energy
-counter (:mod:`lmops.nvml`) over the same difference. Skipped without CUDA. No speed assertion.
+counter (:mod:`lmops.bench.nvml`) over the same difference. Skipped without CUDA. No speed assertion.
 
     python -m pytest benches/bench_gpu_e2e_decode.py --benchmark-only -s
 """
@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from e2e_models import build_bf16, build_lmops, generate_seconds, llama_config, weight_bytes
-from lmops import nvml
+from lmops.bench import nvml
 from lmops_kernels import dispatch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

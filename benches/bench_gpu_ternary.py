@@ -2,7 +2,7 @@
 vs cuBLAS bf16 ``F.linear``, at decode (M=1, 16) and prefill (M=512), on 4096x4096 and the BitNet
 b1.58 2B4T projection shapes. Skipped without CUDA. The method (rotated weights past 4x L2, CUDA-graph
 replays timed with CUDA events, interleaved providers, medians, NVML joules, a reference check before
-timing) is in :mod:`lmops.bench_gpu`, shared with ``lmops bench --device cuda``. No speed assertion.
+timing) is in :mod:`lmops.bench.gpu`, shared with ``lmops bench --device cuda``. No speed assertion.
 
     python -m pytest benches/bench_gpu_ternary.py --benchmark-only -s
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmops import bench_gpu
+from lmops.bench import gpu as bench_gpu
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import lmops_kernels as lk
-from lmops import bench
+from lmops.bench import cpu as bench
 from lmops_kernels import dispatch, mole_rank
 
 N, R, K, O = 8, 16, 4096, 4096

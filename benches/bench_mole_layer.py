@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmops import bench
-from lmops.layers.mole import GateGroup, MoLELinear
+from lmops.bench import cpu as bench
+from lmops.mole import MoLELinear
+from lmops.mole.layer import GateGroup
 
 N, R, K, O = 8, 16, 4096, 4096
 MS = (1, 128, 512)

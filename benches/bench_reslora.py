@@ -30,7 +30,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from lmops.lora import apply_reslora, merge_and_unload, reslora_layers, unload  # noqa: E402
+from lmops.reslora import apply_reslora, merge_and_unload, reslora_layers, unload  # noqa: E402
 
 ALL_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 STRUCTURES = ["none", "is", "bs", "ms"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmops import bench
+from lmops.bench import cpu as bench
 
 SHAPES = bench.FULL_SHAPES  # (N, K): 4096x4096, 2048x2048, 11008x4096, 1000x4000
 MS = bench.FULL_MS  # decode 1, prefill 128 and 512

@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from lmops import bench
+from lmops.bench import cpu as bench
 
 
 def pytest_configure(config):

@@ -1,10 +1,18 @@
 """lmops: fast, drop-in PyTorch layers for efficient LM methods (BitNet b1.58, ResLoRA, MoLE).
 
-Model-level entry points live in submodules: :mod:`lmops.bitnet` (convert, pack, save, load BitNet
-models) and :mod:`lmops.lora` (ResLoRA and MoLE over any ``transformers`` model, peft interop).
+One package per method, each with the same file roles (``layer.py`` the ``nn.Module``, ``model.py``
+the model-level functions, ``io.py`` checkpoints, ``hf.py``/``peft.py`` interop):
+
+- :mod:`lmops.bitnet`: ``BitLinear``; convert, pack, save and load BitNet b1.58 models.
+- :mod:`lmops.reslora`: ``ResLoRALinear``; apply, merge and unload ResLoRA adapters, adapter files.
+- :mod:`lmops.mole`: ``MoLELinear``; apply MoLE over LoRA experts (peft adapters included), gates, masks.
+
+The kernels are the separate package :mod:`lmops_kernels`; the command line is :mod:`lmops.cli`.
 """
 
-from .layers import BitLinear, MoLELinear, ResLoRALinear
+from .bitnet.layer import BitLinear
+from .mole.layer import MoLELinear
+from .reslora.layer import ResLoRALinear
 
 __version__ = "0.1.0"
 

@@ -4,8 +4,7 @@ Every function here is one ``lmops::`` operator (``torch.ops.lmops.<name>``), va
 routed by :mod:`lmops_kernels.dispatch` (``LMOPS_BACKEND`` forces a backend).
 """
 
-from . import backends as _backends  # noqa: F401  (registers the implementations)
-from . import cuda_backend as _cuda_backend  # noqa: F401  (the CUDA kernels, where built)
+from . import backends as _backends  # noqa: F401  (registers every backend's implementations)
 from .ops import (
     from_hf_bitnet,
     mole_gate,

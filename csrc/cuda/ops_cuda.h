@@ -1,6 +1,6 @@
 // Torch-facing entry points of the CUDA kernels (csrc/cuda/ternary_kernels.cu): the `cuda` backend of
 // the lmops ops, bound in csrc/ops.cpp (only when built with LMOPS_WITH_CUDA) and registered with the
-// dispatcher by lmops_kernels/cuda_backend.py. Semantics, shapes and dtypes: lmops_kernels/ops.py.
+// dispatcher by lmops_kernels/backends/cuda.py. Semantics, shapes and dtypes: lmops_kernels/ops.py.
 // This header includes ATen only (no CUDA header), so csrc/ops.cpp stays plain C++.
 #pragma once
 

@@ -1,6 +1,6 @@
 // W2A8 ternary kernels for NVIDIA GPUs (sm_80, sm_90). See ternary_kernels.cuh for the contract.
 // In CI (no GPU): compiled by nvcc (tests/kernels/test_cuda_compile.py) and run on the CPU under an emulator
-// of the CUDA subset used here (csrc/cuda/emulation, tests/kernels/test_cuda_emulated.py); on a GPU:
+// of the CUDA subset used here (tests/kernels/cuda_emu, tests/kernels/test_cuda_emulated.py); on a GPU:
 // tests/kernels/test_gpu_cuda.py.
 #include "ternary_kernels.cuh"
 

@@ -24,11 +24,11 @@
 //     CUDA graph. Each returns cudaGetLastError() of its launch (cudaSuccess for empty problems).
 //
 // Bindings: csrc/cuda/ops_cuda.cpp (the torch-facing functions, registered as the `cuda` backend by
-// lmops_kernels/cuda_backend.py). GPU tests: tests/kernels/test_gpu_cuda.py (@pytest.mark.gpu).
+// lmops_kernels/backends/cuda.py). GPU tests: tests/kernels/test_gpu_cuda.py (@pytest.mark.gpu).
 #pragma once
 
 #ifdef LMOPS_CUDA_EMULATE  // CPU emulation for CI without a GPU: tests/kernels/test_cuda_emulated.py
-#include "emulation/cuda_emu.h"
+#include "cuda_emu.h"  // tests/kernels/cuda_emu/, on the include path of the emulated build only
 #else
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>

@@ -1,7 +1,7 @@
 """The CUDA kernels' own source, run on the CPU under an emulator, against the plain-torch reference.
 
 ``csrc/cuda/ternary_kernels.cu`` is compiled as C++ with ``-DLMOPS_CUDA_EMULATE``
-(``csrc/cuda/emulation/cuda_emu.h``: each block's threads are std::threads, ``__syncthreads`` a
+(``tests/kernels/cuda_emu/cuda_emu.h``: each block's threads are std::threads, ``__syncthreads`` a
 barrier, shuffles / ``mma.sync`` m16n8k32 / ``ldmatrix`` computed per lane from the PTX ISA fragment
 layouts, ``cp.async`` synchronous) into a small driver (``cuda_emu/driver.cpp``) that runs the same
 launchers the bindings call. This checks the kernels' indexing, tails, reductions, fragment layouts
@@ -61,7 +61,7 @@ def driver(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cuda_emu") / "driver"
     cmd = [
         CXX, "-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-DLMOPS_CUDA_EMULATE", *_SANITIZE,
-        f"-I{ROOT / 'csrc' / 'cuda'}", str(ROOT / "tests" / "kernels" / "cuda_emu" / "driver.cpp"), "-o", str(out),
+        f"-I{ROOT / 'csrc' / 'cuda'}", f"-I{ROOT / 'tests' / 'kernels' / 'cuda_emu'}", str(ROOT / "tests" / "kernels" / "cuda_emu" / "driver.cpp"), "-o", str(out),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr[-4000:]}"

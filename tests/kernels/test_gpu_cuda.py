@@ -25,7 +25,8 @@ import pytest
 import torch
 
 import lmops_kernels as lk
-from lmops_kernels import cuda_backend, dispatch
+from lmops_kernels import dispatch
+from lmops_kernels.backends import cuda as cuda_backend
 from lmops_kernels import reference as ref
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -166,7 +167,7 @@ def test_cuda_weight_scale_device_error(cuda_forced):
 
 
 def _packed_layer(k: int, n: int):
-    from lmops.layers.bitlinear import BitLinear
+    from lmops.bitnet import BitLinear
 
     gen = seeded(k + n)
     return BitLinear.from_ternary(random_ternary(n, k, gen), 0.05, torch.randn(n, generator=gen)).cuda().eval()
@@ -179,7 +180,7 @@ def _ref_layer(layer, x: torch.Tensor) -> torch.Tensor:
 
 def _skip_without(backend: str) -> None:
     if backend == "triton":
-        from lmops_kernels import triton as lk_triton
+        from lmops_kernels.backends import triton as lk_triton
 
         reason = lk_triton.unavailable("cuda")
         if reason is not None:
@@ -232,7 +233,7 @@ def test_auto_dispatch_prefers_cuda(monkeypatch):
 
 def test_bitlinear_checkpoint_cpu_gpu_round_trip(monkeypatch):
     monkeypatch.delenv("LMOPS_BACKEND", raising=False)
-    from lmops.layers.bitlinear import BitLinear
+    from lmops.bitnet import BitLinear
 
     gen = seeded(99)
     cpu_layer = BitLinear.from_ternary(random_ternary(45, 70, gen), 0.03, torch.randn(45, generator=gen)).eval()

@@ -17,7 +17,7 @@ import torch
 
 import lmops_kernels as lk
 from kernel_data import random_activations, random_int8, random_ternary, seeded
-from lmops.layers.bitlinear import BitLinear
+from lmops.bitnet import BitLinear
 from lmops_kernels import _native, dispatch, layouts
 from lmops_kernels import reference as ref
 

@@ -49,7 +49,7 @@ def _backend_params():
     if not TRITON_IN_PROCESS:
         tri_skip = "runs in test_triton_backend_in_subprocess (TRITON_INTERPRET=1 must precede the triton import)"
     else:
-        from lmops_kernels import triton as lk_triton
+        from lmops_kernels.backends import triton as lk_triton
 
         tri_skip = lk_triton.unavailable("cpu")
     params.append(pytest.param("triton", id="triton", marks=[pytest.mark.skip(reason=tri_skip)] if tri_skip else []))
@@ -331,7 +331,7 @@ def test_dispatch(monkeypatch):
     monkeypatch.delenv("LMOPS_BACKEND", raising=False)
     want = "cpu" if _native.available() else "reference"
     assert dispatch.select("mole_gate", "cpu").backend == want
-    from lmops_kernels import triton as lk_triton
+    from lmops_kernels.backends import triton as lk_triton
 
     if not TRITON_IN_PROCESS:
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)

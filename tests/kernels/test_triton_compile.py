@@ -30,7 +30,7 @@ import subprocess
 
 import pytest
 
-from lmops_kernels.triton import interpreting
+from lmops_kernels.backends.triton import interpreting
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None or interpreting(),
@@ -118,7 +118,7 @@ _LAYOUTS = {"planes": 1, "tiled": 0}  # the kernels' LAYOUT constexpr
 
 
 def _matmul_cases():
-    from lmops_kernels.triton import ternary as T
+    from lmops_kernels.backends.triton import ternary as T
 
     cases = []
     for name, fn, configs, block_m in (
@@ -170,7 +170,7 @@ def test_w2a8_kernels_compile(tmp_path, monkeypatch, capsys, name, fn, cfg, bloc
 
 @pytest.mark.parametrize("out", ["float32", "bfloat16"])
 def test_splitk_epilogue_kernel_compiles(out):
-    from lmops_kernels.triton import ternary as T
+    from lmops_kernels.backends.triton import ternary as T
 
     sig = {"acc_ptr": "*i32", "out_ptr": _FLOAT[out], "s_ptr": "*fp32", "gamma_ptr": "*fp32", "bias_ptr": "*fp32"}
     sig.update({"M": "i32", "N": "i32"})
@@ -179,14 +179,14 @@ def test_splitk_epilogue_kernel_compiles(out):
 
 @pytest.mark.parametrize("dtype", list(_FLOAT))
 def test_absmax_quant_kernel_compiles(dtype):
-    from lmops_kernels.triton import ternary as T
+    from lmops_kernels.backends.triton import ternary as T
 
     sig = {"x_ptr": _FLOAT[dtype], "q_ptr": "*i8", "s_ptr": "*fp32", "K": "i32", "stride_x": "i32", "stride_q": "i32", "K_STORE": "i32"}
     _compile(T._absmax_quant_kernel, sig, {"QP": 127.0, "QN": -128.0, "BLOCK_K": 1024}, 90)
 
 
 def test_mole_kernels_compile():
-    from lmops_kernels.triton import mole as Mo
+    from lmops_kernels.backends.triton import mole as Mo
 
     f32 = "*fp32"
     gate_sig = {n: f32 for n in ("z_ptr", "s_ptr", "b1_ptr", "gram_ptr", "p_ptr", "c_ptr", "d_ptr", "tau_ptr", "gates_ptr", "v_ptr")}

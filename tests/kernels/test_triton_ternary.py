@@ -150,7 +150,7 @@ SPLIT_CASES = ((1, 257, 13, 1), (3, 257, 9, 3), (3, 100, 13, 3), (16, 33, 9, 4),
 @pytest.mark.parametrize("layout", layouts.LAYOUTS)
 def test_triton_gemv_split_k(triton_backend, monkeypatch, device, m, k, n, split, layout):
     """Decode GEMV with a forced SPLIT_K: int32 sums and the float32 epilogue bit-identical."""
-    from lmops_kernels.triton import ternary as T
+    from lmops_kernels.backends.triton import ternary as T
 
     seen = []
     monkeypatch.setattr(T, "_gemv_split_k", lambda *args: seen.append(args) or split)
@@ -173,7 +173,7 @@ def test_triton_gemv_split_k(triton_backend, monkeypatch, device, m, k, n, split
 def test_triton_default_split(triton_backend, monkeypatch, device):
     """The launcher's own split: 2 under the interpreter, the SM-count rule on a GPU (K = 4096,
     N = 96 splits on any GPU); bit-identical either way."""
-    from lmops_kernels.triton import ternary as T
+    from lmops_kernels.backends.triton import ternary as T
 
     rule = T._gemv_split_k
     chosen = []
@@ -192,7 +192,7 @@ def test_triton_default_split(triton_backend, monkeypatch, device):
 @pytest.mark.skipif(not HAS_TRITON or TRITON_IN_PROCESS, reason="needs triton (runs outside the interpreter)")
 def test_gemv_split_k_rule(monkeypatch):
     """The split rule for a 132-SM GPU (host arithmetic only: no GPU needed)."""
-    from lmops_kernels.triton import ternary as T
+    from lmops_kernels.backends.triton import ternary as T
 
     monkeypatch.setattr(T, "interpreting", lambda: False)
     monkeypatch.setattr(T, "_sm_count", lambda index: 132)
@@ -211,7 +211,7 @@ def test_triton_bitlinear_planes_layout_and_neutral_state_dict(monkeypatch, devi
     """Under the triton backend a packed BitLinear keeps "planes" weights; its state_dict is the
     canonical "tiled" packing, loads into a layer on the reference backend (and back) with identical
     float32 outputs (the triton kernels equal the reference bit for bit in float32)."""
-    from lmops.layers.bitlinear import BitLinear
+    from lmops.bitnet import BitLinear
 
     m, k, n = 3, 100, 13
     gen = seeded(41)
@@ -261,7 +261,7 @@ def test_triton_linear_bfloat16(triton_backend, device, m, k, n):
 
 
 def test_triton_unavailable_without_interpreter(monkeypatch):
-    from lmops_kernels import triton as lk_triton
+    from lmops_kernels.backends import triton as lk_triton
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv("LMOPS_BACKEND", "triton")
@@ -294,7 +294,7 @@ def test_triton_cpu_in_subprocess():
 
 
 def _packed_layer(k: int, n: int, device: str):
-    from lmops.layers.bitlinear import BitLinear
+    from lmops.bitnet import BitLinear
 
     gen = seeded(k + n)
     bias = torch.randn(n, generator=gen)

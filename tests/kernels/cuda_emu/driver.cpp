@@ -1,5 +1,5 @@
 // Runs the launchers of csrc/cuda/ternary_kernels.cu on the CPU emulator (built with
-// -DLMOPS_CUDA_EMULATE; see csrc/cuda/emulation/cuda_emu.h) for tests/kernels/test_cuda_emulated.py.
+// -DLMOPS_CUDA_EMULATE; see tests/kernels/cuda_emu/cuda_emu.h) for tests/kernels/test_cuda_emulated.py.
 //
 // usage: driver OP DTYPE PATH M N K BITS HAS_BIAS DIR
 //   OP: quant | linear | matmul_int; DTYPE: f32 | bf16 | f16 (activations and output; matmul_int: i8 in,
