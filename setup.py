@@ -31,7 +31,8 @@ def _sources(pattern: str) -> list[str]:
 
 def _extension():
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=off", "-fvisibility=hidden"]
-    sources = ["csrc/ops.cpp"] + _sources("csrc/cpu/*.cpp")
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + _sources("csrc/cpu/*.cpp")
+    include_dirs = [os.path.join(HERE, "lmops_kernels")]  # schemas.def, the one list of op schemas
     cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
     with_cuda = (
         torch.version.cuda is not None
@@ -46,6 +47,7 @@ def _extension():
         return CUDAExtension(
             "lmops_kernels._C",
             sources + cuda_sources,
+            include_dirs=include_dirs,
             extra_compile_args={
                 "cxx": cxx + ["-DLMOPS_WITH_CUDA"],
                 # no --use_fast_math: the epilogue must round like the reference (see ternary_kernels.cuh)
@@ -53,7 +55,9 @@ def _extension():
             },
             extra_link_args=["-fopenmp"],
         )
-    return CppExtension("lmops_kernels._C", sources, extra_compile_args=cxx, extra_link_args=["-fopenmp"])
+    return CppExtension(
+        "lmops_kernels._C", sources, include_dirs=include_dirs, extra_compile_args=cxx, extra_link_args=["-fopenmp"]
+    )
 
 
 setup(

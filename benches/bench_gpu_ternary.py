@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lmops_kernels import dispatch
 
 from lmops.bench import gpu as bench_gpu
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("m", bench_gpu.GPU_MS, ids=[f"M{m}" for m in bench_gpu.GPU_MS])
 @pytest.mark.parametrize("n,k", bench_gpu.GPU_SHAPES, ids=[f"{n}x{k}" for n, k in bench_gpu.GPU_SHAPES])
 def test_gpu_ternary_linear(benchmark, monkeypatch, n, k, m):
-    monkeypatch.delenv("LMOPS_BACKEND", raising=False)
+    dispatch.force(None)
     usable = [b for b in bench_gpu.GPU_BACKENDS if bench_gpu.backend_reason(b) is None]
     if not usable:
         pytest.skip(f"no lmops GPU backend can run: {[bench_gpu.backend_reason(b) for b in bench_gpu.GPU_BACKENDS]}")

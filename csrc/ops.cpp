@@ -1,14 +1,23 @@
-// Python bindings of the native kernels. The lmops:: operator schemas live in one place,
-// lmops_kernels/ops.py; these functions are the CPU backend that its dispatcher calls. They are
-// plain bindings rather than TORCH_LIBRARY_IMPL registrations because several backends (native,
-// Triton, reference) serve the same device key and LMOPS_BACKEND chooses among them.
+// The lmops:: operator library: every schema (declared once, in lmops_kernels/schemas.def) and the Python
+// module lmops_kernels._C. The kernels register themselves at their dispatch keys (TORCH_LIBRARY_IMPL):
+// cpu/register.cpp (CPU), cuda/ops_cuda.cpp (CUDA, where built), autograd.cpp (Autograd). So the ops are
+// callable from C++ and AOTInductor once this library is loaded, without Python. The plain-torch
+// reference, the Triton kernels, the fake (meta) kernels and LMOPS_BACKEND's overrides are registered
+// from Python by lmops_kernels.
+//
+// The pybind functions below are the raw kernels (for benchmarks that measure the op's own overhead)
+// and the CPU ISA switch; no op is reached through them.
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include "cpu/mole.h"
 #include "cpu/ternary.h"
-#ifdef LMOPS_WITH_CUDA
-#include "cuda/ops_cuda.h"
-#endif
+
+TORCH_LIBRARY(lmops, m) {
+#define LMOPS_SCHEMA(schema) m.def(schema);
+#include "schemas.def"
+#undef LMOPS_SCHEMA
+}
 
 namespace {
 
@@ -24,13 +33,14 @@ pybind11::dict cpu_features() {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "lmops native kernels (CPU, and CUDA where built with it)";
+  m.doc() = "lmops native kernels (CPU, and CUDA where built with it); the ops are torch.ops.lmops.*";
   m.def("cpu_features", &cpu_features, "CPU features the kernels can use, and the ISA chosen by default");
-  m.def("quantize_activation_absmax", &lmops::cpu::quantize_activation_absmax, "x (M, K) -> (q int8, scale f32)",
-        pybind11::arg("x"), pybind11::arg("bits") = 8);
-  m.def("ternary_matmul_int", &lmops::cpu::ternary_matmul_int, "x_q (M, K) int8 @ q^T -> (M, N) int32",
-        pybind11::arg("x_q"), pybind11::arg("packed"), pybind11::arg("isa") = "auto");
-  m.def("ternary_linear", &lmops::cpu::ternary_linear, "W2A8 linear on (M, K)", pybind11::arg("x"),
+  m.def("set_cpu_isa", &lmops::cpu::set_isa, "ISA of the registered CPU kernels: auto|scalar|avx2|avx512vnni",
+        pybind11::arg("isa"));
+  m.def("cpu_isa", [] { return lmops::cpu::isa_name(lmops::cpu::current_isa()); },
+        "the ISA the registered CPU kernels use now");
+  // The raw CPU kernels, bypassing the dispatcher (benchmarks of the op's overhead only).
+  m.def("ternary_linear", &lmops::cpu::ternary_linear_isa, "W2A8 linear on (M, K), raw kernel", pybind11::arg("x"),
         pybind11::arg("packed"), pybind11::arg("weight_scale"), pybind11::arg("bias") = pybind11::none(),
         pybind11::arg("isa") = "auto");
   m.def("mole_gate_forward", &lmops::cpu::mole_gate_forward,
@@ -39,16 +49,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("p"), pybind11::arg("c"), pybind11::arg("d"), pybind11::arg("scaling"),
         pybind11::arg("temperature"), pybind11::arg("expert_mask") = pybind11::none(),
         pybind11::arg("norm") = "layernorm", pybind11::arg("eps") = 1e-5);
-
 #ifdef LMOPS_WITH_CUDA
   m.attr("with_cuda") = true;
-  m.def("cuda_quantize_activation_absmax", &lmops::cuda::quantize_activation_absmax,
-        "x (..., K) CUDA -> (q int8, scale f32 (..., 1))", pybind11::arg("x"), pybind11::arg("bits") = 8);
-  m.def("cuda_ternary_matmul_int", &lmops::cuda::ternary_matmul_int, "x_q (M, K) int8 @ q^T -> (M, N) int32, CUDA",
-        pybind11::arg("x_q"), pybind11::arg("packed"));
-  m.def("cuda_ternary_linear", &lmops::cuda::ternary_linear, "W2A8 linear on CUDA: x (..., K) -> (..., N)",
-        pybind11::arg("x"), pybind11::arg("packed"), pybind11::arg("weight_scale"),
-        pybind11::arg("bias") = pybind11::none());
 #else
   m.attr("with_cuda") = false;
 #endif

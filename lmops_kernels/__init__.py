@@ -1,13 +1,17 @@
 """lmops kernels: BitNet b1.58 ternary ops and the MoLE gate, with a plain-torch reference and native backends.
 
-Every function here is one ``lmops::`` operator (``torch.ops.lmops.<name>``), validated once and
-routed by :mod:`lmops_kernels.dispatch` (``LMOPS_BACKEND`` forces a backend).
+Every function here is one ``lmops::`` operator (``torch.ops.lmops.<name>``), validated once by its
+wrapper; torch's dispatcher picks the kernel (:mod:`lmops_kernels.dispatch`; ``LMOPS_BACKEND`` forces a
+backend).
 """
 
-from . import backends as _backends  # noqa: F401  (registers every backend's implementations)
-from .ops import (
+from . import _native  # noqa: F401  (loads the extension: C++ schemas and kernels first)
+from . import ops  # noqa: F401  (schemas where the extension is missing, fake kernels, Python routing)
+from . import backends  # noqa: F401  (the backend table)
+from . import dispatch
+from .mole import mole_gate
+from .ternary import (
     from_hf_bitnet,
-    mole_gate,
     pack_ternary,
     quantize_activation_absmax,
     quantize_weight_absmean,
@@ -16,6 +20,8 @@ from .ops import (
     to_hf_bitnet,
     unpack_ternary,
 )
+
+dispatch.force_from_environment()
 
 __all__ = [
     "from_hf_bitnet",

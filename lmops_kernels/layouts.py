@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import torch
 
+from .reference.packing import N_BLOCK as _N_BLOCK
+
 LAYOUTS: tuple[str, ...] = ("tiled", "planes")
 CANONICAL = "tiled"
-
-_N_BLOCK = 8
 
 
 def check_layout(name: object, arg: str = "layout") -> str:

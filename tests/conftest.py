@@ -21,3 +21,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend_choice():
+    """A test may force a backend or a CPU ISA (``dispatch.force``, ``_native.set_cpu_isa``): every test
+    starts from the choice the process started with (``LMOPS_BACKEND`` / ``LMOPS_CPU_ISA``)."""
+    from lmops_kernels import _native, dispatch
+
+    backend, isa = dispatch.forced_backend(), _native.cpu_isa()
+    yield
+    if dispatch.forced_backend() != backend:
+        dispatch.force(backend)
+    if _native.cpu_isa() != isa:
+        _native.set_cpu_isa(isa)

@@ -6,10 +6,12 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
+#include "../packing.h"
 #include "gemm_args.h"
 
 namespace lmops {
@@ -75,10 +77,10 @@ void quantize_rows(const T* x, int64_t M, int64_t K, int64_t ldq, int bits, int8
 }
 
 void check_packed(const at::Tensor& packed, int64_t K) {
-  TORCH_CHECK(packed.scalar_type() == at::kByte, "packed: expected uint8, got ", packed.scalar_type());
-  TORCH_CHECK(packed.dim() == 2 && packed.is_contiguous(), "packed: expected a contiguous 2-D tensor");
-  TORCH_CHECK(packed.size(1) == 4 * ((K + 15) / 16), "packed: expected shape (N, ", 4 * ((K + 15) / 16),
-              ") for in_features=", K, ", got ", packed.sizes());
+  TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, "packed: expected uint8, got ", packed.scalar_type());
+  TORCH_CHECK_VALUE(packed.dim() == 2 && packed.is_contiguous(), "packed: expected a contiguous 2-D tensor");
+  TORCH_CHECK_VALUE(packed.size(1) == packed_cols(K), "packed: expected shape (N, ", packed_cols(K),
+                    ") for in_features=", K, ", got ", packed.sizes());
 }
 
 using GemmFn = void (*)(const GemmArgs&, int64_t, int64_t, int64_t, int64_t);
@@ -210,8 +212,23 @@ std::tuple<at::Tensor, at::Tensor> quantize_activation_absmax(const at::Tensor& 
   return {q, s};
 }
 
-at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, const std::string& isa_s) {
-  const Isa isa = parse_isa(isa_s);
+std::atomic<int> g_isa{-1};  // -1: auto (best_isa())
+
+void set_isa(const std::string& name) {
+  g_isa.store(name.empty() || name == "auto" ? -1 : static_cast<int>(parse_isa(name)));
+}
+
+Isa current_isa() {
+  const int isa = g_isa.load(std::memory_order_relaxed);
+  return isa < 0 ? best_isa() : static_cast<Isa>(isa);
+}
+
+at::Tensor ternary_linear_isa(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
+                              const c10::optional<at::Tensor>& bias, const std::string& isa) {
+  return ternary_linear(x, packed, weight_scale, bias, parse_isa(isa));
+}
+
+at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, Isa isa) {
   TORCH_CHECK(x_q.dim() == 2 && x_q.scalar_type() == at::kChar, "x_q: expected a 2-D int8 tensor");
   const at::Tensor xc = x_q.contiguous();
   const int64_t M = xc.size(0), K = xc.size(1), N = packed.size(0);
@@ -234,8 +251,7 @@ at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, c
 }
 
 at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
-                          const c10::optional<at::Tensor>& bias, const std::string& isa_s) {
-  const Isa isa = parse_isa(isa_s);
+                          const c10::optional<at::Tensor>& bias, Isa isa) {
   TORCH_CHECK(x.dim() >= 1 && x.is_contiguous(), "x: expected a contiguous tensor (..., in_features)");
   const int64_t K = x.size(-1);
   check_packed(packed, K);

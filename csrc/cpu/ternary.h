@@ -14,15 +14,23 @@ bool isa_supported(Isa isa);
 Isa parse_isa(const std::string& name);  // "auto" | "scalar" | "avx2" | "avx512vnni"
 std::string isa_name(Isa isa);
 
+// The ISA the registered CPU kernels use: set_isa("auto" | "scalar" | ...) (LMOPS_CPU_ISA, read by
+// lmops_kernels._native at import); "auto" is best_isa().
+void set_isa(const std::string& name);
+Isa current_isa();
+
 // x: (M, K) float32|bfloat16|float16, contiguous -> q (M, K) int8, scale (M, 1) float32.
 std::tuple<at::Tensor, at::Tensor> quantize_activation_absmax(const at::Tensor& x, int64_t bits);
 
 // x_q: (M, K) int8; packed: (N, 4 * ceil(K / 16)) uint8 -> (M, N) int32.
-at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, const std::string& isa);
+at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, Isa isa);
 
 // x: (..., K) contiguous float32|bfloat16|float16; weight_scale: one float; bias: (N,) or undefined -> (..., N), x's dtype.
 at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
-                          const c10::optional<at::Tensor>& bias, const std::string& isa);
+                          const c10::optional<at::Tensor>& bias, Isa isa);
+// The same, with the ISA given by name (the raw kernel benchmarks call it through pybind).
+at::Tensor ternary_linear_isa(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
+                              const c10::optional<at::Tensor>& bias, const std::string& isa);
 
 }  // namespace cpu
 }  // namespace lmops

@@ -4,6 +4,9 @@
 // ternary_kernels.cuh.
 #include "ops_cuda.h"
 
+#include <cuda_runtime.h>
+#include <torch/library.h>
+
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -11,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../packing.h"
 #include "ternary_kernels.cuh"
 
 namespace lmops {
@@ -172,3 +176,46 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const a
 
 }  // namespace cuda
 }  // namespace lmops
+
+// ---------------------------------------------------------------------------------------------------------
+// Registration at the CUDA key of the lmops:: ops (schemas: lmops_kernels/schemas.def). The kernels need
+// int8 mma.sync (sm_80+); on an older GPU the call says so and names the backends that run there.
+
+namespace {
+
+void check_capability(const at::Tensor& x) {
+  static std::vector<int> major_of(64, -1);  // per device index, read once
+  const int index = x.get_device();
+  int& major = major_of.at(index);
+  if (major < 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
+  if (major < 8) {
+    int minor = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
+    TORCH_CHECK(false, "the lmops CUDA kernels need compute capability 8.0+ (int8 mma.sync); cuda:", index, " has ",
+                major, ".", minor, ": set LMOPS_BACKEND=triton or LMOPS_BACKEND=reference");
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> registered_quantize_activation_absmax(const at::Tensor& x, int64_t bits) {
+  check_capability(x);
+  return lmops::cuda::quantize_activation_absmax(x, bits);
+}
+
+at::Tensor registered_ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, c10::string_view layout) {
+  check_capability(x_q);
+  return lmops::cuda::ternary_matmul_int(x_q, lmops::as_tiled(packed, layout));
+}
+
+at::Tensor registered_ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
+                                     const std::optional<at::Tensor>& bias, c10::string_view layout) {
+  check_capability(x);
+  return lmops::cuda::ternary_linear(x, lmops::as_tiled(packed, layout), weight_scale, bias);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lmops, CUDA, m) {
+  m.impl("quantize_activation_absmax", &registered_quantize_activation_absmax);
+  m.impl("ternary_matmul_int", &registered_ternary_matmul_int);
+  m.impl("ternary_linear", &registered_ternary_linear);
+}

@@ -1,7 +1,6 @@
 // Torch-facing entry points of the CUDA kernels (csrc/cuda/ternary_kernels.cu): the `cuda` backend of
-// the lmops ops, bound in csrc/ops.cpp (only when built with LMOPS_WITH_CUDA) and registered with the
-// dispatcher by lmops_kernels/backends/cuda.py. Semantics, shapes and dtypes: lmops_kernels/ops.py.
-// This header includes ATen only (no CUDA header), so csrc/ops.cpp stays plain C++.
+// the lmops ops, registered at the CUDA dispatch key at the end of ops_cuda.cpp (built only with
+// LMOPS_WITH_CUDA). Semantics, shapes and dtypes: lmops_kernels/ternary.py. ATen only, no CUDA header.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -14,10 +14,8 @@ its reason. Ratios are ``cuBLAS median / lmops median`` (above 1: lmops faster).
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -37,25 +35,9 @@ GPU_BACKENDS = ("cuda", "triton")
 SAMPLES = 30
 
 
-@contextmanager
-def _forced(backend: str | None):
-    old = os.environ.get(dispatch.ENV_VAR)
-    if backend is None:
-        os.environ.pop(dispatch.ENV_VAR, None)
-    else:
-        os.environ[dispatch.ENV_VAR] = backend
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(dispatch.ENV_VAR, None)
-        else:
-            os.environ[dispatch.ENV_VAR] = old
-
-
 def backend_reason(backend: str) -> str | None:
     """None when lmops' ``backend`` can run ``ternary_linear`` on CUDA tensors here, else why not."""
-    with _forced(backend):
+    with dispatch.forced(backend):
         try:
             dispatch.select("ternary_linear", "cuda")
             return None
@@ -87,7 +69,7 @@ class GpuCase:
             else:
                 q = torch.randint(-1, 2, (n, k), dtype=torch.int8, generator=gen)
                 packed = lk.pack_ternary(q)
-                with _forced(self.backend):
+                with dispatch.forced(self.backend):
                     layout = dispatch.preferred_layout("ternary_linear", "cuda")
                 packed = layouts.convert(packed, "tiled", layout) if layout != "tiled" else packed
                 self.sets.append((packed.cuda(), torch.tensor([0.02], device="cuda"), layout))
@@ -99,7 +81,7 @@ class GpuCase:
             for (w,) in self.sets:
                 F.linear(self.x, w)
             return
-        with _forced(self.backend):
+        with dispatch.forced(self.backend):
             for packed, gamma, layout in self.sets:
                 lk.ternary_linear(self.x, packed, gamma, layout=layout)
 
@@ -118,7 +100,7 @@ class GpuCase:
             return
         packed, gamma, layout = self.sets[0]
         x = self.x[:4]
-        with _forced(self.backend):
+        with dispatch.forced(self.backend):
             got = lk.ternary_linear(x, packed, gamma, layout=layout).float().cpu()
         tiled = layouts.convert(packed, layout, "tiled").cpu()
         want = ref.ternary_linear(x.cpu(), tiled, gamma.cpu()).float()

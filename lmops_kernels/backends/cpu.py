@@ -1,12 +1,11 @@
 """The ``cpu`` backend: the native extension's kernels (``csrc/cpu``) for the hot ops on CPU tensors.
 
-They read packed weights in the canonical ``"tiled"`` layout only. Where the extension is missing,
-the backend reports why and the dispatcher falls back to the reference.
+They read packed weights in the canonical ``"tiled"`` layout (``csrc/packing.h`` converts others
+through ``lmops::convert_layout``). Where the extension is missing, the backend reports why and the
+dispatcher falls back to the reference.
 """
 
 from __future__ import annotations
-
-import torch
 
 from .. import _native, dispatch
 from .. import mole_rank as _mole_rank
@@ -16,29 +15,13 @@ def _native_missing(device: str) -> str | None:
     return _native.missing_reason()
 
 
-@dispatch.register("quantize_activation_absmax", "cpu", ("cpu",), unavailable=_native_missing)
-def _cpu_quantize_activation_absmax(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    q, s = _native.module().quantize_activation_absmax(x2, bits)
-    return q.view(x.shape), s.view(*x.shape[:-1], 1)
+# The ternary ops' kernels are registered in C++ at the CPU dispatch key (csrc/cpu/register.cpp); the
+# table records them (fn None) for the automatic choice, LMOPS_BACKEND and `lmops info`.
+for _op in ("quantize_activation_absmax", "ternary_matmul_int", "ternary_linear"):
+    dispatch.register(_op, "cpu", ("cpu",), unavailable=_native_missing)(None)
 
 
-@dispatch.register("ternary_matmul_int", "cpu", ("cpu",), unavailable=_native_missing)
-def _cpu_ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor, layout: str = "tiled") -> torch.Tensor:
-    return _native.module().ternary_matmul_int(x_q, packed, _native.cpu_isa())
-
-
-@dispatch.register("ternary_linear", "cpu", ("cpu",), unavailable=_native_missing)
-def _cpu_ternary_linear(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    weight_scale: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    layout: str = "tiled",
-) -> torch.Tensor:
-    return _native.module().ternary_linear(x.contiguous(), packed.contiguous(), weight_scale, bias, _native.cpu_isa())
-
-
+# mole_gate: Python around the native forward (the weight-only tensors come from a cache in Python).
 @dispatch.register("mole_gate", "cpu", ("cpu",), unavailable=_native_missing)
 def _cpu_mole_gate(x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps):
     # Weight-only tensors (stacked A and B^T, Gram matrices, gate projections) come from a cache per

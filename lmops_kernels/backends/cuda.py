@@ -4,7 +4,7 @@
 sm_80+ GPU, where the extension was built with CUDA (``setup.py`` does that when torch has CUDA and
 ``nvcc`` exists). The kernels read the canonical tiled weight layout. Each call allocates its outputs
 and workspace from torch's caching allocator and launches on the current stream without a host sync,
-so the calls are capturable in CUDA graphs. Semantics: :mod:`lmops_kernels.ops`; the int32 products
+so the calls are capturable in CUDA graphs. Semantics: :mod:`lmops_kernels.ternary`; the int32 products
 and the float32 outputs equal the reference bit for bit.
 """
 
@@ -41,26 +41,7 @@ def unavailable(device: str) -> str | None:
     return None
 
 
-@dispatch.register("quantize_activation_absmax", "cuda", ("cuda",), unavailable=unavailable)
-def quantize_activation_absmax(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x (..., K)`` float -> ``(q int8 (..., K), scale float32 (..., 1))`` on the GPU."""
-    return _native.module().cuda_quantize_activation_absmax(x, bits)
-
-
-@dispatch.register("ternary_matmul_int", "cuda", ("cuda",), unavailable=unavailable)
-def ternary_matmul_int(x_q: torch.Tensor, packed: torch.Tensor, layout: str = "tiled") -> torch.Tensor:
-    """``x_q (M, K) int8`` times the packed ternary weights ``(N, 4 ceil(K/16))`` -> ``(M, N) int32``."""
-    return _native.module().cuda_ternary_matmul_int(x_q, packed)
-
-
-@dispatch.register("ternary_linear", "cuda", ("cuda",), unavailable=unavailable)
-def ternary_linear(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    weight_scale: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    layout: str = "tiled",
-) -> torch.Tensor:
-    """W2A8 linear ``(..., K) -> (..., N)`` in ``x``'s dtype: the dp4a GEMV for at most 16 rows, the
-    int8 tensor-core GEMM above."""
-    return _native.module().cuda_ternary_linear(x, packed, weight_scale, bias)
+# The kernels are registered in C++ at the CUDA dispatch key (csrc/cuda/ops_cuda.cpp); the table records
+# them (fn None) for the automatic choice, LMOPS_BACKEND and `lmops info`.
+for _op in ("quantize_activation_absmax", "ternary_matmul_int", "ternary_linear"):
+    dispatch.register(_op, "cuda", ("cuda",), unavailable=unavailable)(None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import dispatch
+from .. import dispatch, layouts
 from .. import reference as ref
 
 _ALL_DEVICES = ("cpu", "cuda", "meta", "xpu", "mps")
@@ -40,3 +40,4 @@ def _ref_ternary_linear(
 
 
 dispatch.register("mole_gate", "reference", _ALL_DEVICES)(ref.mole_gate)
+dispatch.register("convert_layout", "reference", _ALL_DEVICES)(layouts.convert)

@@ -30,13 +30,19 @@ from __future__ import annotations
 
 import torch
 
-K_BLOCK = 16
-N_BLOCK = 8
+# The one Python definition of the packed format's numbers (C++: csrc/packing.h).
+K_BLOCK = 16  # inputs per k-block: 4 bytes of 4 bit pairs
+N_BLOCK = 8  # columns per n-block of the tiled layout
+
+
+def packed_cols(in_features: int) -> int:
+    """Bytes per row of every packed layout: ``4 * ceil(in_features / 16)``."""
+    return 4 * ((in_features + K_BLOCK - 1) // K_BLOCK)
 
 
 def packed_shape(out_features: int, in_features: int) -> tuple[int, int]:
-    """Shape of the lmops tiled packing of an ``(out_features, in_features)`` ternary matrix."""
-    return out_features, 4 * ((in_features + K_BLOCK - 1) // K_BLOCK)
+    """Shape of the lmops packing (every layout) of an ``(out_features, in_features)`` ternary matrix."""
+    return out_features, packed_cols(in_features)
 
 
 def _tile_codes(q: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ the loader's message.
 from __future__ import annotations
 
 import pytest
-import torch
+from lmops_kernels import dispatch
 
 from lmops_kernels import _native
 
@@ -40,11 +40,11 @@ def cpu_impl(request, monkeypatch):
     Returns ``(backend, isa)``; ``isa`` is None for the reference.
     """
     backend, isa = request.param
-    monkeypatch.setenv("LMOPS_BACKEND", backend)
+    dispatch.force(backend)
     if isa is None:
-        monkeypatch.delenv("LMOPS_CPU_ISA", raising=False)
+        _native.set_cpu_isa("auto")
     else:
-        monkeypatch.setenv("LMOPS_CPU_ISA", isa)
+        _native.set_cpu_isa(isa)
     return backend, isa
 
 
@@ -60,12 +60,12 @@ def use_backend(monkeypatch):
 
     def set_backend(name: str | None, isa: str | None = None) -> None:
         if name is None:
-            monkeypatch.delenv("LMOPS_BACKEND", raising=False)
+            dispatch.force(None)
         else:
-            monkeypatch.setenv("LMOPS_BACKEND", name)
+            dispatch.force(name)
         if isa is None:
-            monkeypatch.delenv("LMOPS_CPU_ISA", raising=False)
+            _native.set_cpu_isa("auto")
         else:
-            monkeypatch.setenv("LMOPS_CPU_ISA", isa)
+            _native.set_cpu_isa(isa)
 
     return set_backend

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 CUDA_DIR = CSRC / "cuda"
 KERNEL_SOURCES = sorted(CUDA_DIR.glob("*.cu"))
-BINDING_SOURCES = sorted(CUDA_DIR.glob("*.cpp")) + [CSRC / "ops.cpp"]
+BINDING_SOURCES = sorted(CUDA_DIR.glob("*.cpp")) + [CSRC / "ops.cpp", CSRC / "autograd.cpp"]
 NVCC = shutil.which("nvcc")
 
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: the CUDA compile check needs it")
@@ -42,7 +42,7 @@ def _kernel_cmd(source: Path, out: Path) -> list[str]:
 def _binding_cmd(source: Path, out: Path) -> list[str]:
     from torch.utils.cpp_extension import include_paths
 
-    includes = [f"-I{p}" for p in include_paths()] + [f"-I{sysconfig.get_paths()['include']}", f"-I{CSRC}"]
+    includes = [f"-I{p}" for p in include_paths()] + [f"-I{sysconfig.get_paths()['include']}", f"-I{CSRC}", f"-I{ROOT / 'lmops_kernels'}"]
     return [
         NVCC, "-x", "c++", "-std=c++20", "-O0", "-c", "-DLMOPS_WITH_CUDA", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
         "-DTORCH_EXTENSION_NAME=_C", *includes, str(source), "-o", str(out),

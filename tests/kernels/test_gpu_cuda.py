@@ -41,7 +41,7 @@ SHAPES = ((1, 33, 7), (3, 100, 13), (16, 272, 65), (17, 257, 65), (65, 272, 1000
 
 @pytest.fixture
 def cuda_forced(monkeypatch):
-    monkeypatch.setenv("LMOPS_BACKEND", "cuda")
+    dispatch.force("cuda")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -191,7 +191,7 @@ def _skip_without(backend: str) -> None:
 @pytest.mark.parametrize("m", [1, 16, 40])
 def test_cuda_graph_capture(monkeypatch, backend, m):
     _skip_without(backend)
-    monkeypatch.setenv("LMOPS_BACKEND", backend)
+    dispatch.force(backend)
     layer = _packed_layer(300, 77)
     x = random_activations((m, 300), torch.float32, seeded(m)).cuda()
     with torch.no_grad():
@@ -214,7 +214,7 @@ def test_cuda_graph_capture(monkeypatch, backend, m):
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_torch_compile_packed_bitlinear(monkeypatch, backend):
     _skip_without(backend)
-    monkeypatch.setenv("LMOPS_BACKEND", backend)
+    dispatch.force(backend)
     layer = _packed_layer(257, 65)
     x = random_activations((3, 5, 257), torch.bfloat16, seeded(3)).cuda()
     compiled = torch.compile(layer, fullgraph=True)
@@ -226,13 +226,13 @@ def test_torch_compile_packed_bitlinear(monkeypatch, backend):
 
 
 def test_auto_dispatch_prefers_cuda(monkeypatch):
-    monkeypatch.delenv("LMOPS_BACKEND", raising=False)
+    dispatch.force(None)
     for op in ("quantize_activation_absmax", "ternary_matmul_int", "ternary_linear"):
         assert dispatch.select(op, "cuda").backend == "cuda", op
 
 
 def test_bitlinear_checkpoint_cpu_gpu_round_trip(monkeypatch):
-    monkeypatch.delenv("LMOPS_BACKEND", raising=False)
+    dispatch.force(None)
     from lmops.bitnet import BitLinear
 
     gen = seeded(99)

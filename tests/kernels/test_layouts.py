@@ -116,16 +116,25 @@ def test_convert_and_check_layout_errors():
 
 @contextlib.contextmanager
 def spy_on(monkeypatch, op: str, backend: str):
-    """Wraps ``backend``'s implementation of ``op``: yields the list of ``(layout, packed)`` it got."""
+    """Wraps ``backend``'s implementation of ``op``: yields the list of ``(layout, packed)`` it got. A native
+    kernel (C++, converting through the ``lmops::convert_layout`` op) is observed through that op."""
     calls: list[tuple[str, torch.Tensor]] = []
     impl = dispatch._TABLE[op][backend]
+    if impl.fn is None:
+        op, impl = "convert_layout", dispatch._TABLE["convert_layout"]["reference"]
 
-    def fn(*args, layout):
-        calls.append((layout, args[1]))
-        return impl.fn(*args, layout=layout)
+        def fn(packed, src, dst):
+            out = impl.fn(packed, src, dst)
+            calls.append((dst, out))
+            return out
+    else:
+
+        def fn(*args, layout):
+            calls.append((layout, args[1]))
+            return impl.fn(*args, layout=layout)
 
     with monkeypatch.context() as mp:
-        mp.setitem(dispatch._TABLE[op], backend, dataclasses.replace(impl, fn=fn))
+        mp.setitem(dispatch._TABLE[op], impl.backend, dataclasses.replace(impl, fn=fn))
         mp.setattr(dispatch, "_AUTO_CACHE", {})
         yield calls
 
@@ -159,7 +168,7 @@ def test_ops_planes_equal_tiled(monkeypatch, use_backend, backend, m, k, n):
 
     want = lk.ternary_linear(x, tiled, gamma, bias)
     with spy_on(monkeypatch, "ternary_linear", backend) as calls:
-        got = lk.ternary_linear(x, planes, gamma, bias, layout="planes")  # inference fast path
+        got = lk.ternary_linear(x, planes, gamma, bias, layout="planes")
     assert torch.equal(got, want)
     assert [c[0] for c in calls] == ["tiled"] and torch.equal(calls[0][1], tiled)
 
@@ -230,8 +239,9 @@ def test_compile_fullgraph_with_layout():
 
 @contextlib.contextmanager
 def planes_backend(monkeypatch):
-    """A stand-in accelerator backend that reads only "planes": registered as ``cuda`` for CPU tensors
-    (so the automatic choice takes it first), computing through the reference. Yields its calls."""
+    """A stand-in accelerator backend that reads only "planes": registered as ``cuda`` for CPU tensors and
+    forced (so it replaces the native CPU kernel at the CPU key), computing through the reference.
+    Yields its calls."""
     calls: list[tuple[str, str]] = []
 
     def matmul_int(x_q, packed, layout):
@@ -243,12 +253,16 @@ def planes_backend(monkeypatch):
         return ref.ternary_linear(x, layouts.convert(packed, layout, "tiled"), weight_scale, bias)
 
     with monkeypatch.context() as mp:
-        mp.delenv("LMOPS_BACKEND", raising=False)
+        dispatch.force(None)
         mp.setattr(dispatch, "_TABLE", {op: dict(impls) for op, impls in dispatch._TABLE.items()})
         mp.setattr(dispatch, "_AUTO_CACHE", {})
         dispatch.register("ternary_matmul_int", "cuda", ("cpu",), layouts=("planes",))(matmul_int)
         dispatch.register("ternary_linear", "cuda", ("cpu",), layouts=("planes",))(linear)
-        yield calls
+        dispatch.force("cuda")
+        try:
+            yield calls
+        finally:
+            dispatch.force(None)
 
 
 def test_preferred_layout(monkeypatch, use_backend):
@@ -259,8 +273,9 @@ def test_preferred_layout(monkeypatch, use_backend):
     assert dispatch.select("ternary_linear", "cpu").layouts == ("tiled",)
     with planes_backend(monkeypatch):
         assert dispatch.preferred_layout("ternary_linear", "cpu") == "planes"
-        assert dispatch.preferred_layout("ternary_linear", "meta") == "tiled"  # the stand-in serves cpu only
-        monkeypatch.setenv("LMOPS_BACKEND", "reference")  # forcing honoured
+        with pytest.raises(RuntimeError, match="cannot run on meta tensors"):  # the forced stand-in serves cpu only
+            dispatch.preferred_layout("ternary_linear", "meta")
+        dispatch.force("reference")  # forcing honoured
         assert dispatch.preferred_layout("ternary_linear", "cpu") == "tiled"
     with pytest.raises(KeyError, match="no backend registered for op 'no_such_op'"):
         dispatch.preferred_layout("no_such_op", "cpu")
@@ -369,7 +384,7 @@ def test_bitlinear_unavailable_backend_keeps_canonical(monkeypatch):
     monkeypatch.setattr(dispatch, "_TABLE", {op: dict(impls) for op, impls in dispatch._TABLE.items()})
     monkeypatch.setattr(dispatch, "_AUTO_CACHE", {})
     dispatch.register("ternary_linear", "cuda", ("cuda",), layouts=("planes",))(lambda *a, **k: None)
-    monkeypatch.setenv("LMOPS_BACKEND", "cuda")
+    dispatch.force("cuda")
     with pytest.raises(RuntimeError, match="cannot run on cpu tensors"):
         dispatch.preferred_layout("ternary_linear", "cpu")
     q, layer, x = _layer_and_input(seed=36)

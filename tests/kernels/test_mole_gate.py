@@ -58,7 +58,7 @@ def _backend_params():
 
 @pytest.fixture(params=_backend_params())
 def backend(request, monkeypatch):
-    monkeypatch.setenv("LMOPS_BACKEND", request.param)
+    dispatch.force(request.param)
     assert dispatch.select("mole_gate", "cpu").backend == request.param
     return request.param
 
@@ -307,7 +307,7 @@ def test_opcheck(backend, masked, affine, norm):
 
 
 def test_compile_fullgraph_forward_backward(monkeypatch):
-    monkeypatch.delenv("LMOPS_BACKEND", raising=False)
+    dispatch.force(None)
     inputs = make_inputs(4, 21, 11, 3, 3, masked=True, seed=13)
 
     def f(x, a, b, s, gw, nw, nb, tau, mask):
@@ -328,7 +328,7 @@ def test_compile_fullgraph_forward_backward(monkeypatch):
 
 
 def test_dispatch(monkeypatch):
-    monkeypatch.delenv("LMOPS_BACKEND", raising=False)
+    dispatch.force(None)
     want = "cpu" if _native.available() else "reference"
     assert dispatch.select("mole_gate", "cpu").backend == want
     from lmops_kernels.backends import triton as lk_triton
@@ -336,7 +336,7 @@ def test_dispatch(monkeypatch):
     if not TRITON_IN_PROCESS:
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         assert "TRITON_INTERPRET=1" in lk_triton.unavailable("cpu")
-        monkeypatch.setenv("LMOPS_BACKEND", "triton")
+        dispatch.force("triton")
         with pytest.raises(RuntimeError, match=r"LMOPS_BACKEND=triton: the triton backend of 'mole_gate' is unavailable"):
             lk.mole_gate(*make_inputs(2, 5, 3, 2, 1))
 

@@ -16,6 +16,10 @@ from __future__ import annotations
 import functools
 import pathlib
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -263,15 +267,19 @@ def _opcheck_cases():
         "from_hf_bitnet": (lk.to_hf_bitnet(q), 13),
         "ternary_matmul_int": (random_int8(5, 33, gen), packed),
         "ternary_linear": (x.requires_grad_(), packed, torch.tensor(0.02), torch.randn(13, generator=gen).requires_grad_()),
+        "convert_layout": (packed, "tiled", "planes"),
+        "ternary_linear_backward": (random_activations((5, 13), torch.float32, gen), packed, torch.tensor(0.02), 33, "tiled"),
     }
 
 
 def test_opcheck_covers_every_op():
     """Every lmops op passes opcheck: the BitNet ops here, any other op in its own test_<op>.py."""
-    assert set(_opcheck_cases()) <= set(dispatch.ops())
-    assert all(hasattr(torch.ops.lmops, op) for op in dispatch.ops())
+    from lmops_kernels.ops import SCHEMAS
+
+    assert set(_opcheck_cases()) <= set(SCHEMAS) and set(dispatch.ops()) <= set(SCHEMAS)
+    assert all(hasattr(torch.ops.lmops, op) for op in SCHEMAS)
     here = pathlib.Path(__file__).parent
-    for op in sorted(set(dispatch.ops()) - set(_opcheck_cases())):
+    for op in sorted(set(SCHEMAS) - set(_opcheck_cases())):
         own = here / f"test_{op}.py"
         assert own.exists() and "opcheck" in own.read_text(), f"lmops::{op} has no opcheck test"
 
@@ -352,24 +360,30 @@ def test_dispatch_unavailable_backend_raises(use_backend, monkeypatch, forced):
         dispatch.select("ternary_matmul_int", "cpu")
 
 
-def test_dispatch_unknown_backend_raises(use_backend):
-    _, packed, gamma = packed_weights(9, 33, seed=28)
-    use_backend("tpu")
-    with pytest.raises(ValueError, match=r"LMOPS_BACKEND: expected one of .*got 'tpu'"):
-        dispatch.select("ternary_linear", "cpu")
-    with pytest.raises(ValueError, match=r"LMOPS_BACKEND"):
-        lk.ternary_linear(torch.randn(2, 33), packed, gamma)
+def test_dispatch_unknown_backend_raises():
+    with pytest.raises(ValueError, match=r"backend: expected one of .*got 'tpu'"):
+        dispatch.force("tpu")
+    assert dispatch.forced_backend() is None  # nothing changed
+    # LMOPS_BACKEND is read once, at import: a wrong name fails there, naming the variable
+    env = dict(os.environ, LMOPS_BACKEND="tpu")
+    proc = subprocess.run([sys.executable, "-c", "import lmops_kernels"], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "LMOPS_BACKEND: expected one of" in proc.stderr and "'tpu'" in proc.stderr
 
 
-def test_native_isa_errors(use_backend, native_required):
-    _, packed, gamma = packed_weights(9, 33, seed=29)
-    use_backend("cpu", isa="sse9")
+def test_native_isa_errors(native_required):
+    # a bad ISA is refused when it is set, and the kernels keep the one they had
+    before = _native.cpu_isa()
     with pytest.raises(ValueError, match=r"isa: expected one of auto, scalar, avx2, avx512vnni"):
-        lk.ternary_linear(torch.randn(2, 33), packed, gamma)
+        _native.set_cpu_isa("sse9")
+    assert _native.cpu_isa() == before
     if not _native.cpu_features()["avx512vnni"]:
-        use_backend("cpu", isa="avx512vnni")
         with pytest.raises(ValueError, match=r"'avx512vnni' is not supported by this CPU"):
-            lk.ternary_linear(torch.randn(2, 33), packed, gamma)
+            _native.set_cpu_isa("avx512vnni")
+    # LMOPS_CPU_ISA is read at import: a bad name fails there, naming the ISA
+    env = dict(os.environ, LMOPS_CPU_ISA="sse9")
+    proc = subprocess.run([sys.executable, "-c", "import lmops_kernels"], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "isa: expected one of" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ DEVICES = [pytest.param("cpu", marks=_cpu_marks, id="cpu"), pytest.param("cuda",
 
 @pytest.fixture
 def triton_backend(monkeypatch):
-    monkeypatch.setenv("LMOPS_BACKEND", "triton")
+    dispatch.force("triton")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def test_triton_bitlinear_planes_layout_and_neutral_state_dict(monkeypatch, devi
     q = random_ternary(n, k, gen)
     bias = torch.randn(n, generator=gen)
     x = random_activations((m, k), torch.float32, gen)
-    monkeypatch.setenv("LMOPS_BACKEND", "triton")
+    dispatch.force("triton")
     layer = BitLinear.from_ternary(q, 0.0371, bias).to(device)
     assert layer.weight_layout == "planes" and "weight_layout='planes'" in repr(layer)
     assert torch.equal(layer.weight_packed.cpu(), layouts.convert(lk.pack_ternary(q), "tiled", "planes"))
@@ -227,7 +227,7 @@ def test_triton_bitlinear_planes_layout_and_neutral_state_dict(monkeypatch, devi
     sd = layer.state_dict()
     assert torch.equal(sd["weight_packed"].cpu(), lk.pack_ternary(q))  # canonical, whatever is in memory
 
-    monkeypatch.setenv("LMOPS_BACKEND", "reference")
+    dispatch.force("reference")
     plain = BitLinear.from_ternary(torch.zeros_like(q), 1.0, torch.zeros(n))
     assert plain.weight_layout == "tiled"
     plain.load_state_dict({key: v.cpu() for key, v in sd.items()})
@@ -237,7 +237,7 @@ def test_triton_bitlinear_planes_layout_and_neutral_state_dict(monkeypatch, devi
     assert_same(got, ref.ternary_linear(x, lk.pack_ternary(q), torch.tensor(0.0371), bias))
 
     # and back: a reference-backend checkpoint into a fresh triton-backend layer
-    monkeypatch.setenv("LMOPS_BACKEND", "triton")
+    dispatch.force("triton")
     again = BitLinear.from_ternary(torch.zeros_like(q), 1.0, torch.zeros(n)).to(device)
     assert again.weight_layout == "planes"
     again.load_state_dict(plain.state_dict())
@@ -264,12 +264,12 @@ def test_triton_unavailable_without_interpreter(monkeypatch):
     from lmops_kernels.backends import triton as lk_triton
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    monkeypatch.setenv("LMOPS_BACKEND", "triton")
+    dispatch.force("triton")
     assert "TRITON_INTERPRET=1" in (lk_triton.unavailable("cpu") or "")
     x = torch.randn(2, 16)
     with pytest.raises(RuntimeError, match="triton backend of 'ternary_linear' is unavailable"):
         lk.ternary_linear(x, lk.pack_ternary(torch.zeros(3, 16, dtype=torch.int8)), torch.tensor(1.0))
-    monkeypatch.delenv("LMOPS_BACKEND")
+    dispatch.force(None)
     assert dispatch.select("ternary_linear", "cpu").backend != "triton"  # never chosen automatically on CPU
 
 
