@@ -16,7 +16,6 @@ import itertools
 import os
 import time
 
-import pytest
 import torch
 from torch import nn
 
@@ -127,8 +126,8 @@ def test_energy_decode_gemv_quick(benchmark, prepared, capsys):
     benchmark.extra_info["estimate"] = [
         {"node": node, "format": fmt, "estimate_joules": joules, "x_ternary": ratio} for node, fmt, joules, ratio in rows
     ]
-    # arithmetic check of the constants, not a speed target: (0.16 + 0.34) / 0.007 = 71.4 (b1.58 paper)
-    assert dict(((n, f), r) for n, f, _, r in rows)[("7nm", "fp16")] == pytest.approx(71.43, rel=1e-3)
+    # no assertion on these ratios: they are ratios of the module's constants ((0.16 + 0.34) / 0.007 = 71.4
+    # at 7 nm, as in the b1.58 paper); tests/bench/test_energy.py checks the estimates against hand counts
 
 
 def llama_projection_weights() -> tuple[int, int]:
@@ -145,8 +144,7 @@ def llama_projection_weights() -> tuple[int, int]:
 
 def test_energy_model_per_token_quick(benchmark, capsys):
     """Whole model, one token: ternary projections + 16-bit head, vs the same model all 16-bit."""
-    proj, head = llama_projection_weights()
-    assert proj == 541_065_216  # 541M, as in peers-measured.md
+    proj, head = llama_projection_weights()  # 541,065,216 and 65,536,000, as in peers-measured.md
 
     # the module path counts the same thing (one layer's projections on the meta device)
     with torch.device("meta"):

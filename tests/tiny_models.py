@@ -93,7 +93,7 @@ def write_hf_bitnet_checkpoint(
     ``<name>.rms_norm.weight``, and a config with ``quantization_config``. Returns ``{name: (q, gamma)}``."""
     from safetensors.torch import save_file
 
-    from lmops.common.targets import is_excluded
+    from lmops.common.targets import match_target
 
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def write_hf_bitnet_checkpoint(
     sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     quantized = {}
     for name in linear_names(model):
-        if is_excluded(name, skip):
+        if match_target(name, skip) is not None:
             continue
         q, gamma = lk.quantize_weight_absmean(sd.pop(f"{name}.weight"))
         quantized[name] = (q, gamma)
@@ -137,18 +137,34 @@ def write_hf_bitnet_checkpoint(
     return quantized
 
 
-def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor, *, tol: float, flip_tol: float = 2e-2,
-                        min_fraction: float = 0.75) -> None:
-    """Logits of two quantized models that compute the same thing in a different float order.
+def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor, *, tol: float = 2e-6,
+                        int8_ties: bool = False, tie_tol: float = 1e-2, max_tied_fraction: float = 0.25) -> None:
+    """Logits of two models that compute the same thing in a different float order, compared per token
+    position, relative to the logits' scale (``max |expected|``, at least 1).
 
-    Both quantize activations per token to int8 (round(x * 127 / max|x|)); a 1-ulp difference upstream
-    can flip one rounding at an exact .5 boundary, which moves that token's later activations by one
-    int8 step. So: at least ``min_fraction`` of the token positions agree within ``tol`` (relative to
-    the logits' scale, elementwise), and every position within ``flip_tol``.
+    Default (tight): every position within ``tol``. Where the two sides agree, the float32 paths of the
+    tests agree to 3.2e-7 of scale at worst (6976 positions measured: the tests' own inputs, where the
+    worst is 2.4e-7, and 12-15 more seeds per case), hence the default 2e-6.
+
+    ``int8_ties=True`` is only for two paths that both quantize activations per token to int8
+    (``round(x * 127 / max|x|)``) from inputs computed in a different float order: a 1-ulp difference
+    can flip one rounding at an exact .5 tie, which moves that token's later activations by one int8
+    step (and, through attention, the later positions a little). Then at most ``max_tied_fraction`` of
+    the positions may exceed ``tol``, each by no more than ``tie_tol``. Measured on this repository's
+    tiny models (seeds beyond the tests'): BitLinear packed vs QAT 35 of 3072 positions over tol, the
+    worst 1.7e-3; lmops vs transformers reading the same checkpoint 17 of 1024, the worst 4.3e-3 (12 of
+    one run's 64 positions); lmops QAT vs transformers' online AutoBitLinear 4 of 2880, the worst 5.2e-4.
+    No position lay between 5e-7 and 1e-5: flips are one int8 step, never a drift.
     """
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     scale = expected.abs().max().clamp(min=1.0)
     err = ((actual - expected).abs() / scale).reshape(-1, actual.shape[-1]).amax(-1)  # per position
-    close = (err <= tol).float().mean().item()
-    assert close >= min_fraction, f"only {close:.0%} of positions within {tol} (worst {err.max().item():.3g})"
-    assert err.max().item() <= flip_tol, f"worst position differs by {err.max().item():.3g} > {flip_tol}"
+    over = int((err > tol).sum())
+    worst = err.max().item()
+    if not int8_ties:
+        assert over == 0, f"{over} of {err.numel()} positions differ by more than {tol} of scale (worst {worst:.3g})"
+        return
+    assert over <= max_tied_fraction * err.numel(), (
+        f"{over} of {err.numel()} positions differ by more than {tol} of scale: more than int8 rounding ties explain"
+    )
+    assert worst <= tie_tol, f"worst position differs by {worst:.3g} of scale > {tie_tol} (more than an int8 step)"

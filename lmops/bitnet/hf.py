@@ -25,7 +25,7 @@ from torch import nn
 
 import lmops_kernels as lk
 
-from ..common.targets import is_excluded
+from ..common.targets import match_target
 from .layer import BitLinear
 
 __all__ = ["HF_QUANT_METHOD", "hf_bitnet_to_lmops"]
@@ -82,7 +82,10 @@ def hf_bitnet_to_lmops(
             if w_key in sd and sd[w_key].dtype == torch.uint8:
                 raise ValueError(f"{path}: tensor '{w_key}' is packed (uint8) but '{s_key}' is missing")
             online = linear_class == "autobitlinear" and mode == "online"
-            if online and w_key in sd and not is_excluded(name, not_converted):
+            # transformers' own rule for modules_to_not_convert (a regex from the start, or a string suffix)
+            # agrees with lmops' on full names and last components ("lm_head"), what its writers put there
+            kept = match_target(name, not_converted, argument=f"{path}: modules_to_not_convert") is not None
+            if online and w_key in sd and not kept:
                 model.set_submodule(name, BitLinear.from_linear(linear, rms_norm=use_rms_norm, eps=eps))
             continue
         if w_key not in sd:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..common.targets import is_excluded
+from ..common.targets import match_target
 from .layer import BitLinear
 
 __all__ = [
@@ -106,6 +106,7 @@ def _patterns(exclude: str | Iterable[str] | None) -> tuple[str, ...]:
     out = tuple(exclude)
     if not all(isinstance(p, str) and p for p in out):
         raise TypeError(f"exclude: expected module names (non-empty strings), got {exclude!r}")
+    match_target("", out, argument="exclude")  # checks every pattern now (ValueError for 'layers.' etc.)
     return out
 
 
@@ -188,7 +189,8 @@ def convert(
 
     Args:
         model: any module, typically a transformers causal LM.
-        exclude: modules to leave alone, matched on dotted name components (see :func:`is_excluded`).
+        exclude: modules to leave alone, matched on whole dotted name components
+            (``"mlp"``, ``"layers.0"``; see :func:`lmops.common.targets.match_target`).
             The default keeps ``lm_head`` in float, which also leaves tied embeddings tied. A linear
             whose weight is shared with another module is never converted (a warning says which).
         rms_norm: give each BitLinear an RMSNorm on its input (BitNet FAQ recipe; weight
@@ -203,7 +205,7 @@ def convert(
     tied = _tied_parameter_ids(model)
     for name, module in list(model.named_modules()):
         handler = CONVERTERS.get(type(module))
-        if not name or handler is None or is_excluded(name, patterns):
+        if not name or handler is None or match_target(name, patterns, argument="exclude") is not None:
             continue
         if any(id(p) in tied for p in module.parameters(recurse=False)):
             warnings.warn(

@@ -12,6 +12,12 @@ from typing import Callable, Iterator
 __all__ = ["atomic_directory", "atomic_write"]
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``path``; on success it becomes ``path``.
@@ -27,9 +33,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.rmdir(old)
@@ -47,13 +51,16 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``; on
-    any error the temporary file is removed and ``path`` is left as it was."""
+    any error the temporary file is removed and ``path`` is left as it was. The file gets the usual
+    permissions of a new file (``0o666`` less the umask), not ``mkstemp``'s ``0o600``."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -18,6 +18,7 @@ import copy
 import functools
 import json
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from torch import nn
 
 from .data import ByteTokenizer, load_demo_corpus
 from ..bitnet.layer import BitLinear
+from ..common.progress import progress_bar
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -216,9 +218,8 @@ class _ThreadChooser:
 def train(model: nn.Module, data: torch.Tensor, cfg: DemoConfig) -> dict:
     """QAT with AdamW on random windows of ``data`` (uint8 byte tensor).
 
-    Returns steps, tokens, seconds, final (smoothed) loss and the torch threads used."""
-    from tqdm.auto import tqdm
-
+    Returns steps, tokens, seconds, final (smoothed) loss and the torch threads used. Progress goes
+    to stderr: a bar on a terminal, a line every 30 s in a log (:func:`lmops.common.progress.progress_bar`)."""
     if data.numel() < cfg.context + 2:
         raise ValueError(f"data: expected more than {cfg.context + 1} training bytes, got {data.numel()}")
     if cfg.threads is not None:
@@ -232,7 +233,7 @@ def train(model: nn.Module, data: torch.Tensor, cfg: DemoConfig) -> dict:
     tokens = 0
     step = 0
     start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, desc="QAT training", unit="step", dynamic_ncols=True, leave=True)
+    bar = progress_bar(cfg.steps, desc="QAT training", unit="step")
     try:
         while step < cfg.steps:
             elapsed = time.perf_counter() - start
@@ -480,16 +481,14 @@ def _run_demo(cfg: DemoConfig, echo: Callable[[str], None]) -> dict:
         )
 
     out = Path(cfg.out).expanduser().resolve()
-    bitnet.save_pretrained(model, out)
-    (out / "lmops_demo.json").write_text(
-        json.dumps(
-            {"tokenizer": "utf-8 bytes, token id = byte value (vocab 256)", "corpus": corpus.source,
-             "config": asdict(cfg), "training": stats, "results": report},
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    meta = {"tokenizer": "utf-8 bytes, token id = byte value (vocab 256)", "corpus": corpus.source,
+            "config": asdict(cfg), "training": stats, "results": report}
+    with tempfile.TemporaryDirectory() as scratch:
+        # the report goes into the model directory, which save_pretrained renames into place as a whole:
+        # after a kill there is either the old directory or the new one with its report, never half of it
+        report_file = Path(scratch) / "lmops_demo.json"
+        report_file.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        bitnet.save_pretrained(model, out, extra_files=[report_file])
     echo(f"\nSaved the packed model to {out}")
     echo(f"  load it with: lmops.bitnet.from_pretrained({str(out)!r}); tokens are UTF-8 bytes (see lmops_demo.json)")
     clock.lap("save")

@@ -21,13 +21,14 @@ gates are per token).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from ..common.params import freeze, restore_requires_grad
+from ..common.targets import match_target
 from .layer import GATE_INPUTS, NORMS, GateGroup, MoLEGate, MoLELinear, check_expert, linear_features
 
 __all__ = [
@@ -121,13 +122,6 @@ def _normalize_experts(experts) -> dict[str, dict[str, ExpertSpec]]:
     return out
 
 
-def _matches(name: str, targets: Sequence[str]) -> str | None:
-    for t in targets:
-        if name == t or name.endswith("." + t) or re.fullmatch(t, name):
-            return t
-    return None
-
-
 def apply_mole(
     model: nn.Module,
     experts,
@@ -148,8 +142,9 @@ def apply_mole(
         granularity: ``"matrix" | "layer" | "block" | "network"`` (:data:`GRANULARITIES`).
         gate_input: ``"experts"`` (paper) | ``"hidden"`` (official code).
         norm: ``"layernorm" | "rmsnorm" | "l2"``.
-        target_modules: restrict to these modules (exact names, ``.``-suffixes or full regexes);
-            an entry that matches no adapted module is an error.
+        target_modules: restrict to these modules, matched on whole dotted name components
+            (:func:`lmops.common.targets.match_target`: ``"q_proj"``, ``"self_attn"``, ``"layers.0"``,
+            full names; not regular expressions); an entry that matches no adapted module is an error.
         temperature_init: initial softmax temperature.
     Returns:
         ``model``, with only gate weights, gate norms and temperatures trainable (see
@@ -185,11 +180,14 @@ def apply_mole(
             per_module.setdefault(mname, {})[ename] = check_expert(ename, spec, k, o, module=mname)
     if target_modules is not None:
         targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-        used = {_matches(n, targets) for n in per_module}
-        unused = [t for t in targets if t not in used]
+        # each entry on its own: ["q_proj", "self_attn"] uses both even though q_proj matches first
+        unused = [t for t in targets if not any(match_target(n, t, argument="target_modules") for n in per_module)]
         if unused:
-            raise ValueError(f"target_modules: {unused} match none of the adapted modules {sorted(per_module)}")
-        per_module = {n: e for n, e in per_module.items() if _matches(n, targets)}
+            raise ValueError(
+                f"target_modules: {unused} match none of the adapted modules {sorted(per_module)} "
+                "(entries are dotted module names or runs of their components, not regular expressions)"
+            )
+        per_module = {n: e for n, e in per_module.items() if match_target(n, targets) is not None}
 
     # groups, in module order (the first member of a group is its leader)
     order = [n for n in modules if n in per_module]
@@ -201,9 +199,7 @@ def apply_mole(
         present = {e for n in order if keys[n] == key for e in per_module[n]}
         groups[key] = GateGroup(key, [e for e in expert_order if e in present], granularity)
 
-    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
+    requires_grad = freeze(model)
     for n in order:
         parent_name, _, child = n.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -234,9 +230,7 @@ def unload_mole(model: nn.Module) -> nn.Module:
     state = getattr(model, "_lmops_mole", None)
     if state is not None:
         state.hook.remove()
-        for n, p in model.named_parameters():
-            if n in state.requires_grad:
-                p.requires_grad_(state.requires_grad[n])
+        restore_requires_grad(model, state.requires_grad)
         del model._lmops_mole
     return model
 

@@ -29,7 +29,10 @@ _WEIGHTS = "adapter_model.safetensors"
 
 
 def _pattern_key(patterns: Sequence[str], module: str) -> str | None:
-    # as peft.utils.other.get_pattern_key: the first pattern that matches the end of the module name
+    # peft's file format, not a converter's target rule (so not lmops.common.targets.match_target): the
+    # keys of rank_pattern / alpha_pattern are regular expressions that peft itself matches with
+    # peft.utils.other.get_pattern_key (the first key matching the end of the name); reading them with
+    # peft's rule is what gives the rank and alpha peft trained with (e.g. a key "layers\.1\..*_proj")
     for key in patterns:
         if re.match(rf"(.*\.)?({key})$", module):
             return key

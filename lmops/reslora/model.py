@@ -10,8 +10,9 @@ bit-identical, ``requires_grad`` flags restored), :func:`merge_and_unload` gives
 holding the merged weights (peft's semantics: nothing extra is left at inference).
 
 Follows peft's conventions (``tuners/lora/layer.py``, ``tuners_utils.py``, ``peft_model.py``):
-``target_modules`` names match a module's full name or its dotted suffix; adapters are ``lora_A``/
-``lora_B``; ``print_trainable_parameters`` prints the same line as peft.
+``target_modules`` names match a module's full name or its dotted suffix (and, beyond peft, any run of
+whole name components: ``"self_attn"``, ``"layers.0"``; :func:`lmops.common.targets.match_target`);
+adapters are ``lora_A``/``lora_B``; ``print_trainable_parameters`` prints the same line as peft.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Iterable
 from torch import nn
 
 from ..bitnet.layer import BitLinear
+from ..common.params import freeze, restore_requires_grad
+from ..common.targets import match_target
 from .layer import ResLoRALinear, check_reslora_args
 
 __all__ = [
@@ -91,10 +94,6 @@ def _chain_key(name: str) -> tuple[str, int]:
     return name, 0
 
 
-def _matches(name: str, target: str) -> bool:
-    return name == target or name.endswith("." + target)
-
-
 def _checkpointing(model: nn.Module) -> bool:
     for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # the first is transformers 5
         if isinstance(getattr(type(model), attr, None), property):
@@ -130,7 +129,9 @@ def apply_reslora(
 
     Every parameter of the model is frozen (the flags are remembered for :func:`unload`) and only
     ``lora_A``/``lora_B`` train. ``target_modules`` are names of ``nn.Linear``/``BitLinear`` modules,
-    matched as in peft (full name or dotted suffix, e.g. ``"q_proj"`` or ``"self_attn.q_proj"``). The
+    matched on whole dotted name components (:func:`lmops.common.targets.match_target`): the full name
+    or a dotted suffix as in peft (``"q_proj"``, ``"self_attn.q_proj"``), or any run of components
+    (``"self_attn"``: every attention linear; ``"layers.0"``: layer 0's, not layer 10's). The
     same target in consecutive blocks is chained in block order (see the module docstring).
 
     Raises ``ValueError`` for a target that matches no linear (listing the available names), bad
@@ -149,7 +150,7 @@ def apply_reslora(
     linears = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, BitLinear)) and n]
     chosen: list[str] = []
     for t in cfg.target_modules:
-        hits = [n for n in linears if _matches(n, t)]
+        hits = [n for n in linears if match_target(n, t, argument="target_modules") is not None]
         if not hits:
             short = sorted({n.rsplit(".", 1)[-1] for n in linears})
             raise ValueError(
@@ -163,8 +164,7 @@ def apply_reslora(
         groups.setdefault(key, []).append((idx, n))
     chains = [[n for _, n in sorted(g)] for g in groups.values()]
 
-    st = _State(cfg, chains, {n: p.requires_grad for n, p in model.named_parameters()})
-    model.requires_grad_(False)
+    st = _State(cfg, chains, freeze(model))
     for chain in chains:
         prev = None
         for n in chain:
@@ -207,9 +207,7 @@ def _remove(model: nn.Module, st: _State) -> nn.Module:
             layer._clear_chain_caches()
             layer.link(None)
             model.set_submodule(name, layer.base_layer)
-    for n, p in model.named_parameters():
-        if n in st.requires_grad:
-            p.requires_grad_(st.requires_grad[n])
+    restore_requires_grad(model, st.requires_grad)
     del model.__dict__[_STATE]
     return model
 

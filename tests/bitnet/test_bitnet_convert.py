@@ -84,8 +84,9 @@ def test_qat_forward_and_grads_match_transformers_online_bitnet(arch):
         expected.loss.backward()
     actual = ours(input_ids=ids, labels=ids)
     actual.loss.backward()
-    # float32, same formulas in a different order: 1e-5 relative (see assert_logits_close for rare flips)
-    assert_logits_close(actual.logits, expected.logits, tol=1e-5)
+    # float32, same formulas in a different order, so int8 ties can flip (other seeds: 4 of 2880 positions);
+    # measured here: 0 of 24 positions over 2e-6 of scale (worst 1.2e-7)
+    assert_logits_close(actual.logits, expected.logits, int8_ties=True)
     w_ours = ours.model.layers[0].self_attn.q_proj.weight.grad
     w_theirs = theirs.model.layers[0].self_attn.q_proj.weight.grad
     torch.testing.assert_close(w_ours, w_theirs, rtol=1e-3, atol=1e-5 * w_theirs.abs().max().item())
@@ -154,8 +155,9 @@ def test_pack_matches_qat_model_and_generates_the_same(arch):
     assert bitnet.conversion_record(packed)["packed"] is True
     ids = random_ids(seed=2)
     with torch.no_grad():
-        # float32: each layer agrees to ~1e-7; the model to 1e-4 relative (rare int8 rounding flips aside)
-        assert_logits_close(packed(ids).logits, model(ids).logits, tol=1e-4)
+        # float32: each layer agrees to ~1e-7, the model too but for int8 ties (other seeds: 35 of 3072
+        # positions); measured here: 0 of 24 positions over 2e-6 of scale in any arch (worst 2.3e-7)
+        assert_logits_close(packed(ids).logits, model(ids).logits, int8_ties=True)
         prompt = random_ids(batch=1, seq=5, seed=4)
         kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
         out_packed = packed.generate(prompt, **kw)

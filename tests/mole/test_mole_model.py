@@ -295,6 +295,26 @@ def test_peft_scalings(adapters):
     assert a2["model.layers.0.mlp.up_proj"][2] == pytest.approx(16 / 8**0.5)
 
 
+def test_peft_rank_and_alpha_patterns_are_read_with_peft_rule(tmp_path):
+    # rank_pattern / alpha_pattern keys are peft's file format: regular expressions matched at the end of
+    # the name (peft.utils.other.get_pattern_key), not lmops' converter rule (whole dotted components):
+    # read with lmops' rule, these keys would match nothing and the ranks would not fit the tensors
+    from lmops.mole import read_peft_lora
+
+    path = save_peft_adapter(tmp_path / "regex", 4, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                             rank_pattern={r"layers\.1\.self_attn\.(q|v)_proj": 2}, alpha_pattern={r"v_pr.j": 6})
+    got = read_peft_lora(path)
+    pm = peft.PeftModel.from_pretrained(tiny_model("llama"), path)
+    for layer in (0, 1):
+        for proj in ("q_proj", "v_proj"):
+            name = f"model.layers.{layer}.self_attn.{proj}"
+            a, _, scaling = got[name]
+            theirs = pm.base_model.model.get_submodule(name)
+            assert a.shape[0] == theirs.r["default"] == (2 if layer == 1 else 4)
+            alpha = 6 if proj == "v_proj" else 8
+            assert scaling == pytest.approx(theirs.scaling["default"]) and scaling == pytest.approx(alpha / a.shape[0])
+
+
 def test_peft_errors(adapters, tmp_path):
     wide = tmp_path / "wide"
     torch.manual_seed(0)
