@@ -18,24 +18,146 @@ checkpoint saved with one backend loads with any other.
 
 ``rms_norm=True`` puts an RMSNorm on the input before quantization, as in the BitNet training FAQ and
 transformers' ``use_rms_norm`` (its weight is ``rms_norm.weight``).
+
+Ecosystem (peft, transformers, ``.to()``): ``BitLinear`` subclasses ``nn.Linear``, so peft's own
+``get_peft_model(model, LoraConfig(...))`` wraps it with its ``lora.Linear`` (no registration), and
+``.weight`` exists in both modes. In training mode it is the latent float ``Parameter``; in packed mode
+it is a :class:`PackedTernaryWeight`: a read-only tensor of shape ``(out_features, in_features)`` that
+holds no float data, only views ``weight_packed`` and ``weight_scale`` (the design of torchao's
+quantized weights, which peft and ``F.linear`` recognize): ``.dtype``/``.device``/``.shape`` are
+what peft reads to place its adapters, ``F.linear(x, weight, bias)`` runs the packed kernel,
+``.dequantize()`` gives ``q * gamma``, other reads compute on that dequantized copy, and every write
+(``weight.data += delta``, as a LoRA merge does) raises :class:`PackedWeightError`. So LoRA adapters
+train over a packed model (QLoRA-style: forward and backward through the 2-bit kernel, the packed
+weights never change) but cannot be merged into it. ``.to(dtype)``/``.half()``/``.bfloat16()`` cast the
+bias and RMSNorm weight like ``nn.Linear``'s parameters but never ``weight_scale`` (float32) or
+``weight_packed`` (uint8); they set the dtype a packed ``.weight`` reports.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 import lmops_kernels as lk
 from lmops_kernels import dispatch, layouts
 
-__all__ = ["BitLinear"]
+__all__ = ["BitLinear", "PackedTernaryWeight", "PackedWeightError"]
 
 
-class BitLinear(nn.Module):
-    """Ternary-weight, int8-activation linear layer.
+class PackedWeightError(RuntimeError):
+    """A write into the weight of a packed :class:`BitLinear` (e.g. merging a LoRA into it)."""
+
+
+_READ_ONLY = (
+    "{what}: the weight of a packed BitLinear is a read-only view of its 2-bit ternary weights "
+    "(weight_packed, weight_scale) and cannot be written. A LoRA cannot be merged into a packed BitLinear "
+    "(ternary weights cannot absorb a float delta): keep the adapter unmerged (peft: do not call merge() / "
+    "merge_and_unload()), or unpack() the base layer, merge into its latent float weight, and pack() again "
+    "(which re-quantizes the merged weight)."
+)
+
+
+class PackedTernaryWeight(torch.Tensor):
+    """``BitLinear.weight`` of a packed layer: a read-only ``(out_features, in_features)`` tensor of the
+    layer's float dtype that stores nothing itself; it views the layer's ``weight_packed`` (uint8, in
+    ``packed_layout``) and ``weight_scale`` (float32 ``(1,)``), ``W = q * gamma``. Attributes: ``packed``,
+    ``scale``, ``packed_layout`` (``layout`` is torch's own attribute, ``torch.strided``).
+
+    As torchao's quantized weights (a tensor subclass that peft's dispatch and ``F.linear`` recognize):
+
+    - ``shape``, ``dtype``, ``device``: those of the float weight it stands for (what peft reads to
+      place and cast its adapters); ``requires_grad`` is False.
+    - ``F.linear(x, w, bias)``: the packed W2A8 kernel, ``lmops_kernels.ternary_linear`` (per-token int8
+      activations, differentiable in ``x``), i.e. the layer's forward without its RMSNorm.
+    - :meth:`dequantize`: ``q * gamma`` as a plain tensor; every other out-of-place op (``w.float()``,
+      ``w.norm()``, ``x @ w.T``, ``w.clone()``, ...) computes on that dequantized copy and returns
+      plain tensors. ``detach()``/``.data`` give another view.
+    - any write (``w.data += d``, ``w.copy_(..)``, ``nn.init.*_(w)``, ``w.data = t``) raises
+      :class:`PackedWeightError`: a LoRA merge into a packed layer fails there, loudly.
+
+    A new view is made on each ``layer.weight`` access, so it always reflects the layer's buffers.
+    """
+
+    packed: torch.Tensor
+    scale: torch.Tensor
+    packed_layout: str
+
+    @staticmethod
+    def __new__(
+        cls, packed: torch.Tensor, scale: torch.Tensor, packed_layout: str, in_features: int, dtype: torch.dtype
+    ):
+        return torch.Tensor._make_wrapper_subclass(
+            cls, (packed.shape[0], in_features), dtype=dtype, device=packed.device, requires_grad=False
+        )
+
+    def __init__(self, packed, scale, packed_layout, in_features, dtype) -> None:
+        self.packed, self.scale, self.packed_layout = packed, scale, packed_layout
+
+    def _view(self) -> "PackedTernaryWeight":
+        return PackedTernaryWeight(self.packed, self.scale, self.packed_layout, self.shape[1], self.dtype)
+
+    def __deepcopy__(self, memo) -> "PackedTernaryWeight":
+        # a view over copies of the packed tensors (torch's default would clone into a plain tensor)
+        packed, scale = copy.deepcopy(self.packed, memo), copy.deepcopy(self.scale, memo)
+        return PackedTernaryWeight(packed, scale, self.packed_layout, self.shape[1], self.dtype)
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``q * gamma``: a plain ``(out_features, in_features)`` tensor in ``dtype`` (default: this
+        tensor's dtype), computed in float32."""
+        out_features, in_features = self.shape
+        canonical = layouts.convert(self.packed, self.packed_layout, layouts.CANONICAL)
+        q = lk.unpack_ternary(canonical, out_features, in_features)
+        return (q.to(torch.float32) * self.scale.to(torch.float32)).to(dtype or self.dtype)
+
+    @property
+    def data(self) -> "PackedTernaryWeight":  # type: ignore[override]
+        return self._view()
+
+    @data.setter
+    def data(self, value) -> None:
+        raise PackedWeightError(_READ_ONLY.format(what="weight.data = ..."))
+
+    def __repr__(self) -> str:
+        return (
+            f"PackedTernaryWeight(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device}, "
+            f"layout={self.packed_layout!r}, gamma={float(self.scale.reshape(-1)[0]):.6g})"
+        )
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x = args[0] if args else kwargs.get("input")
+            w = args[1] if len(args) > 1 else kwargs.get("weight")
+            b = args[2] if len(args) > 2 else kwargs.get("bias")
+            if isinstance(w, cls) and not isinstance(x, cls) and not isinstance(b, cls):
+                return lk.ternary_linear(x, w.packed, w.scale, b, layout=w.packed_layout)
+        with torch._C.DisableTorchFunctionSubclass():  # no re-wrapping of results: they are plain tensors
+            return func(*args, **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.ops.aten.detach.default, torch.ops.aten.alias.default):
+            return args[0]._view()
+        for i, arg in enumerate(func._schema.arguments):
+            if arg.alias_info is not None and arg.alias_info.is_write:
+                value = args[i] if i < len(args) else kwargs.get(arg.name)
+                if isinstance(value, cls):
+                    raise PackedWeightError(_READ_ONLY.format(what=str(func)))
+        args, kwargs = tree_map_only(cls, lambda t: t.dequantize(), (args, kwargs))
+        return func(*args, **kwargs)
+
+
+class BitLinear(nn.Linear):
+    """Ternary-weight, int8-activation linear layer (an ``nn.Linear`` subclass, so that code which
+    recognizes linears, peft's ``dispatch_default`` first, handles it; see the module docstring).
 
     Args:
         in_features, out_features, bias, device, dtype: as ``nn.Linear``.
@@ -46,11 +168,16 @@ class BitLinear(nn.Module):
     the input's dtype in packed mode and the weight's dtype in training mode (as ``nn.Linear``).
 
     Attributes:
+        weight: training mode: the latent float ``Parameter`` ``(out_features, in_features)``; packed: a
+            read-only :class:`PackedTernaryWeight` of that shape (not a parameter: the ``state_dict``
+            holds ``weight_packed``, ``weight_scale`` and ``bias``).
         weight_layout: the in-memory layout of ``weight_packed`` (``"tiled"`` until packed).
     """
 
-    # class default: layers unpickled from before layouts existed hold canonical weights
+    # class defaults: layers unpickled from before layouts existed hold canonical weights; before the
+    # packed weight had a reported dtype, it was float32
     weight_layout: str = layouts.CANONICAL
+    _weight_dtype: torch.dtype = torch.float32
 
     def __init__(
         self,
@@ -63,7 +190,7 @@ class BitLinear(nn.Module):
         rms_norm: bool = False,
         eps: float = 1e-6,
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not nn.Linear.__init__: the parameters are made here
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
@@ -77,7 +204,42 @@ class BitLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.rms_norm = nn.RMSNorm(in_features, eps=eps, **factory) if rms_norm else None
         self.weight_layout = layouts.CANONICAL
+        self._weight_dtype = self.weight.dtype
         self.reset_parameters()
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def weight(self) -> torch.Tensor:
+        """The latent float ``Parameter`` (training mode) or a :class:`PackedTernaryWeight` (packed)."""
+        w = self._parameters.get("weight")
+        if w is not None:
+            return w
+        if self.is_packed:
+            return PackedTernaryWeight(
+                self.weight_packed, self.weight_scale, self.weight_layout, self.in_features, self._weight_dtype
+            )
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute 'weight'")
+
+    @weight.setter
+    def weight(self, value) -> None:
+        # reached only for a non-Parameter assigned while no weight Parameter is registered (packed mode);
+        # nn.Module.__setattr__ registers Parameters itself (see register_parameter)
+        raise TypeError(
+            f"weight: a packed BitLinear holds no float weight to assign {type(value).__name__} to; call "
+            ".unpack() first (then assign an nn.Parameter), or build a packed layer with BitLinear.from_ternary"
+        )
+
+    @weight.deleter
+    def weight(self) -> None:
+        raise PackedWeightError(_READ_ONLY.format(what="del weight"))
+
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        if name == "weight" and self.is_packed:
+            raise TypeError(
+                "weight: a packed BitLinear keeps its weights in weight_packed/weight_scale; call .unpack() "
+                "before giving it a float weight Parameter"
+            )
+        super().register_parameter(name, param)
 
     # ------------------------------------------------------------------------------------------
     def reset_parameters(self) -> None:
@@ -97,8 +259,8 @@ class BitLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, rms_norm: bool = False, eps: float = 1e-6) -> "BitLinear":
         """A training-mode ``BitLinear`` holding a copy of ``linear``'s weight and bias (same device and dtype)."""
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        if not isinstance(linear, nn.Linear) or isinstance(linear, BitLinear):
+            raise TypeError(f"linear: expected an nn.Linear (not a BitLinear), got {type(linear).__name__}")
         w = linear.weight
         layer = cls(
             linear.in_features,
@@ -125,20 +287,31 @@ class BitLinear(nn.Module):
         *,
         rms_norm: bool = False,
         eps: float = 1e-6,
+        dtype: torch.dtype | None = None,
     ) -> "BitLinear":
-        """A packed layer from ternary weights ``q`` ``(out, in)`` and gamma (``W ~= q * gamma``)."""
+        """A packed layer from ternary weights ``q`` ``(out, in)`` and gamma (``W ~= q * gamma``).
+
+        ``dtype``: the layer's float dtype (its bias and RMSNorm weight, and what ``.weight`` reports);
+        default the bias's dtype, else float32. gamma is kept in float32 whatever ``dtype`` is."""
         out_features, in_features = q.shape
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"dtype: expected a floating-point dtype, got {dtype}")
         with torch.device("meta"):
             layer = cls(in_features, out_features, bias=bias is not None, rms_norm=rms_norm, eps=eps)
-        dtype = bias.dtype if bias is not None else torch.float32
+        if dtype is None:
+            dtype = bias.dtype if bias is not None else torch.float32
+        elif bias is not None:
+            bias = bias.to(dtype)
         if rms_norm:
             layer.rms_norm = nn.RMSNorm(in_features, eps=eps, device=q.device, dtype=dtype)
         layer._set_packed(lk.pack_ternary(q), torch.as_tensor(weight_scale, dtype=torch.float32, device=q.device), bias)
+        layer._weight_dtype = dtype
         return layer
 
     # ------------------------------------------------------------------------------------------
     def _set_packed(self, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         """``packed``: the canonical (tiled) packing; stored in the layout preferred on its device."""
+        self._weight_dtype = self._parameters["weight"].dtype
         del self.weight
         layout = _preferred_layout(packed.device)
         self.register_buffer("weight_packed", layouts.convert(packed, layouts.CANONICAL, layout))
@@ -210,10 +383,20 @@ class BitLinear(nn.Module):
         return self
 
     def _apply(self, fn, recurse: bool = True):
-        # .to()/.cuda()/.cpu() and friends: the backend (so the preferred layout) may differ on the new device
+        # .to()/.cuda()/.cpu()/.half() and friends. Packed: gamma stays float32 and the packing uint8
+        # whatever the cast (a float16/bfloat16 gamma would change every output); they only follow a
+        # device move. The dtype the packed .weight reports follows the cast as a latent weight would.
+        # The backend (so the preferred layout) may differ on the new device.
+        if not self.is_packed:
+            return super()._apply(fn, recurse)
+        kept = {name: self._buffers[name] for name in ("weight_packed", "weight_scale")}
         super()._apply(fn, recurse)
-        if self.is_packed:
-            self.relayout()
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new.dtype != old.dtype:
+                self._buffers[name] = old.to(device=new.device)
+        self._weight_dtype = _dtype_after(fn, self._weight_dtype, kept["weight_scale"].device)
+        self.relayout()
         return self
 
     # ------------------------------------------------------------------------------------------
@@ -289,6 +472,16 @@ class BitLinear(nn.Module):
             + (f", weight_layout={self.weight_layout!r}" if self.is_packed else "")
             + f", rms_norm={self.rms_norm is not None}"
         )
+
+
+def _dtype_after(fn, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype ``fn`` (an ``nn.Module._apply`` transform) gives a float tensor of ``dtype``: probed on
+    an empty tensor. A transform that changes no float dtype, or cannot run on the probe, keeps ``dtype``."""
+    try:
+        out = fn(torch.empty(0, dtype=dtype, device=device))
+    except (RuntimeError, TypeError, NotImplementedError):  # a transform the probe cannot take: no cast seen
+        return dtype
+    return out.dtype if isinstance(out, torch.Tensor) and out.dtype.is_floating_point else dtype
 
 
 def _preferred_layout(device: torch.device) -> str:

@@ -53,6 +53,10 @@ def _is_bitnet_config(src: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise Fail('needs transformers, from the hf extra: pip install --no-build-isolation -e ".[hf]"') from None
     import warnings
 
     src = _check_model_dir(args.src)

@@ -11,6 +11,10 @@ __all__ = ["add_parser", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise Fail('needs transformers, from the hf extra: pip install --no-build-isolation -e ".[hf]"') from None
     from ..demo import config_from_args, run_demo
 
     try:

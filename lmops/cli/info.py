@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 from pathlib import Path
 
@@ -15,14 +16,24 @@ def info_lines() -> list[str]:
     import lmops
     from lmops_kernels import _native, dispatch
 
-    lines = [f"lmops {lmops.__version__}", f"torch {torch.__version__} (threads: {torch.get_num_threads()}, "
-             f"CUDA: {'available' if torch.cuda.is_available() else 'not available'})"]
-    try:
-        import transformers
-
-        lines.append(f"transformers {transformers.__version__}")
-    except ImportError:
-        lines.append("transformers: not installed (needed by lmops demo and convert: pip install 'lmops[hf]')")
+    lines = []
+    if not _native.available():  # first, so that nobody misses it: everything runs ~100x slower
+        lines += [
+            "!! WARNING: the native extension lmops_kernels._C did not load, so every op runs the plain-torch "
+            "reference (about 100x slower).",
+            f"!! why: {_native.load_error()}",
+            f"!! fix: {_native.REBUILD_COMMAND}   (in the lmops source checkout)",
+            "",
+        ]
+    lines += [f"lmops {lmops.__version__}", f"torch {torch.__version__} (threads: {torch.get_num_threads()}, "
+              f"CUDA: {'available' if torch.cuda.is_available() else 'not available'})"]
+    for name, needed_for in (("transformers", "lmops demo, lmops convert and lmops.bitnet model checkpoints"),
+                             ("peft", "training peft's LoRA adapters over lmops layers")):
+        try:  # the installed distribution, without importing it (info stays quick)
+            lines.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            lines.append(f"{name}: not installed (needed for {needed_for}; the hf extra brings it: "
+                         "pip install --no-build-isolation -e \".[hf]\")")
 
     if _native.available():
         with_cuda = bool(getattr(_native.module(), "with_cuda", False))
@@ -31,7 +42,7 @@ def info_lines() -> list[str]:
             f"{'included' if with_cuda else 'not included: built where torch has CUDA and nvcc is on PATH'})"
         )
     else:
-        lines.append(f"native extension: missing: {_native.missing_reason()}")
+        lines.append(f"native extension: MISSING (ops run the plain-torch reference): {_native.missing_reason()}")
     features = _native.cpu_features()
     flags = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in features.items() if isinstance(v, bool))
     lines.append(f"CPU features: {flags or 'unknown (native extension missing)'}")

@@ -59,6 +59,8 @@ from torch import nn
 
 import lmops_kernels as lk
 
+from ..bitnet.layer import PackedTernaryWeight
+
 __all__ = ["GATE_INPUTS", "NORMS", "GateGroup", "MoLEGate", "MoLELinear", "lora_mix"]
 
 # initial gate logits have about this standard deviation: gates start within ~10% of uniform
@@ -324,9 +326,11 @@ def linear_features(base_layer: nn.Module) -> tuple[int, int]:
 
 def _base_factory(base_layer: nn.Module, fallback: torch.Tensor) -> tuple[torch.device, torch.dtype]:
     w = getattr(base_layer, "weight", None)
+    if isinstance(w, PackedTernaryWeight):  # packed BitLinear: 2-bit weights; the experts keep A's dtype
+        return w.device, fallback.dtype
     if isinstance(w, torch.Tensor) and w.dtype.is_floating_point:
         return w.device, w.dtype
-    for t in base_layer.buffers():  # packed BitLinear: uint8 weights, float32 scale
+    for t in base_layer.buffers():  # a base without a weight
         return t.device, fallback.dtype
     return fallback.device, fallback.dtype
 
@@ -449,7 +453,9 @@ class MoLELinear(nn.Module):
     # ------------------------------------------------------------------------------------------
     @property
     def weight(self) -> torch.Tensor:
-        """The base layer's weight (for code that reads ``module.weight``, as with peft's layers)."""
+        """The base layer's weight (for code that reads ``module.weight``, as with peft's layers): an
+        ``nn.Parameter``, or a read-only :class:`~lmops.bitnet.layer.PackedTernaryWeight` over a packed
+        BitLinear."""
         return self.base_layer.weight
 
     @property

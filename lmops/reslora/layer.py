@@ -66,7 +66,7 @@ from collections import deque
 import torch
 from torch import nn
 
-from ..bitnet.layer import BitLinear
+from ..bitnet.layer import BitLinear, PackedTernaryWeight
 
 __all__ = ["ResLoRALinear", "STRUCTURES", "ESTIMATORS", "check_reslora_args"]
 
@@ -263,10 +263,11 @@ class ResLoRALinear(nn.Module):
         self.structure, self.pre_num, self.merge_estimator, self.window = structure, pre_num, merge_estimator, window
         self._strategy = STRUCTURES[structure]
         w = getattr(base_layer, "weight", None)
-        is_float = w is not None and w.dtype.is_floating_point and w.device.type != "meta"
+        packed = isinstance(w, PackedTernaryWeight)  # a packed BitLinear: adapters in float32 on its device
+        is_float = w is not None and not packed and w.dtype.is_floating_point and w.device.type != "meta"
         factory = {"device": w.device if is_float else None, "dtype": w.dtype if is_float else torch.float32}
-        if not is_float and getattr(base_layer, "weight_scale", None) is not None:
-            factory["device"] = base_layer.weight_scale.device
+        if packed:
+            factory["device"] = w.device
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
@@ -287,6 +288,8 @@ class ResLoRALinear(nn.Module):
     # -- passthrough ------------------------------------------------------------------------------
     @property
     def weight(self) -> torch.Tensor:
+        """The base layer's weight: an ``nn.Parameter``, or a read-only
+        :class:`~lmops.bitnet.layer.PackedTernaryWeight` over a packed BitLinear."""
         return self.base_layer.weight
 
     @property

@@ -11,14 +11,17 @@ Tolerances (float32 unless stated):
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import lmops_kernels as lk
 from lmops import BitLinear
+from lmops.bitnet.layer import PackedTernaryWeight, PackedWeightError
 
 hf_bitnet = pytest.importorskip("transformers.integrations.bitnet")
 
@@ -95,6 +98,8 @@ def test_from_linear_keeps_weights(bias, dtype):
         assert torch.equal(layer.bias, linear.bias)
     with pytest.raises(TypeError, match=r"^linear: expected an nn.Linear"):
         BitLinear.from_linear(nn.Conv1d(3, 3, 1))
+    with pytest.raises(TypeError, match=r"^linear: expected an nn.Linear \(not a BitLinear\), got BitLinear"):
+        BitLinear.from_linear(layer)  # a BitLinear is an nn.Linear, but not one to convert again
 
 
 def test_constructor_errors():
@@ -308,3 +313,168 @@ def test_bfloat16_layer():
         y_packed = layer(x)
     assert y_packed.dtype == torch.bfloat16
     close(y_packed.float(), y.detach().float(), 2e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# .weight in both modes: what peft, transformers and F.linear see
+# ---------------------------------------------------------------------------------------------
+
+
+def test_packed_layer_keeps_a_read_only_weight():
+    layer = random_layer(50, 21, seed=30)
+    assert isinstance(layer, nn.Linear) and isinstance(layer.weight, nn.Parameter)  # peft wraps nn.Linear
+    layer.pack()
+    w = layer.weight
+    assert isinstance(w, PackedTernaryWeight) and isinstance(w, torch.Tensor)
+    assert (tuple(w.shape), w.dtype, w.device, w.requires_grad) == ((21, 50), torch.float32, torch.device("cpu"), False)
+    assert w.packed is layer.weight_packed and w.scale is layer.weight_scale and w.packed_layout == layer.weight_layout
+    # a view, not a parameter: the state_dict keys of a packed layer stay as they were
+    assert set(layer.state_dict()) == {"weight_packed", "weight_scale", "bias"}
+    assert [n for n, _ in layer.named_parameters()] == ["bias"]
+    assert "PackedTernaryWeight(shape=(21, 50), dtype=torch.float32" in repr(w)
+
+    q, gamma = layer.ternary_weight()
+    dense = q.float() * gamma
+    assert type(w.dequantize()) is torch.Tensor and torch.equal(w.dequantize(), dense)
+    assert w.dequantize(torch.bfloat16).dtype == torch.bfloat16
+    # reads compute on the dequantized weight and give plain tensors
+    x = random_input(4, 50, seed=31)
+    for got in (w.clone(), w.data.clone(), w.detach().to(torch.float64), w * 1):
+        assert type(got) is torch.Tensor and torch.equal(got.float(), dense)
+    assert torch.equal(w.bfloat16(), dense.bfloat16()) and type(w.bfloat16()) is torch.Tensor
+    assert torch.equal(x @ w.T, x @ dense.T) and torch.equal(w.norm(), dense.norm())
+    assert isinstance(w.data, PackedTernaryWeight) and isinstance(w.detach(), PackedTernaryWeight)
+    c = copy.deepcopy(w)
+    assert isinstance(c, PackedTernaryWeight) and c.packed is not w.packed and torch.equal(c.dequantize(), dense)
+    # F.linear runs the packed kernel (torchao's contract for quantized weights): the layer's forward
+    assert torch.equal(F.linear(x, w, layer.bias), layer(x))
+    assert torch.equal(F.linear(x, weight=w), lk.ternary_linear(x, layer.weight_packed, layer.weight_scale,
+                                                                 layout=layer.weight_layout))
+    assert not torch.equal(F.linear(x, w), F.linear(x, dense))  # activations quantized: not the float product
+
+
+def _merge_like_peft(layer):
+    w = layer.weight  # peft's lora.Linear.merge(): base_layer.weight.data += delta
+    w.data += torch.ones(layer.out_features, layer.in_features)
+
+
+def _safe_merge_like_peft(layer):
+    merged = layer.weight.data.clone() + 1.0  # a plain copy: allowed
+    layer.weight.data = merged  # peft's safe_merge writes it back
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        _merge_like_peft,
+        _safe_merge_like_peft,
+        lambda layer: layer.weight.copy_(torch.zeros(layer.out_features, layer.in_features)),
+        lambda layer: nn.init.normal_(layer.weight),  # transformers' _init_weights on an nn.Linear
+        lambda layer: layer.weight.zero_(),
+        lambda layer: delattr(layer, "weight"),
+    ],
+    ids=["merge", "safe_merge", "copy_", "init", "zero_", "del"],
+)
+def test_packed_weight_rejects_writes(write):
+    layer = random_layer(40, 12, seed=32).pack()
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = random_input(3, 40, seed=33)
+    y = layer(x)
+    with pytest.raises(PackedWeightError, match=r"read-only view of its 2-bit ternary weights.*"
+                                                r"A LoRA cannot be merged into a packed BitLinear"):
+        write(layer)
+    after = layer.state_dict()
+    assert all(torch.equal(after[k], v) and after[k].dtype == v.dtype for k, v in before.items())
+    assert layer.is_packed and torch.equal(layer(x), y)
+
+
+def test_assigning_a_weight_to_a_packed_layer_raises():
+    layer = random_layer(40, 12, seed=34).pack()
+    with pytest.raises(TypeError, match=r"^weight: a packed BitLinear holds no float weight to assign Tensor"):
+        layer.weight = torch.zeros(12, 40)
+    with pytest.raises(TypeError, match=r"^weight: a packed BitLinear keeps its weights in weight_packed"):
+        layer.weight = nn.Parameter(torch.zeros(12, 40))
+    assert layer.is_packed and isinstance(layer.weight, PackedTernaryWeight)
+    layer.unpack()  # training mode: a weight Parameter as nn.Linear's
+    new = nn.Parameter(torch.zeros(12, 40))
+    layer.weight = new
+    assert layer.weight is new and not layer.is_packed
+
+
+def test_from_ternary_dtype():
+    gen = torch.Generator().manual_seed(35)
+    q = torch.randint(-1, 2, (9, 30), dtype=torch.int8, generator=gen)
+    bias = torch.randn(9, generator=gen)
+    layer = BitLinear.from_ternary(q, 0.25, bias, rms_norm=True, dtype=torch.bfloat16)
+    assert layer.weight.dtype == layer.bias.dtype == layer.rms_norm.weight.dtype == torch.bfloat16
+    assert layer.weight_scale.dtype == torch.float32 and torch.equal(layer.bias, bias.to(torch.bfloat16))
+    assert BitLinear.from_ternary(q, 0.25, bias.half()).weight.dtype == torch.float16  # default: the bias's
+    assert BitLinear.from_ternary(q, 0.25).weight.dtype == torch.float32
+    with pytest.raises(TypeError, match=r"^dtype: expected a floating-point dtype, got torch.int8"):
+        BitLinear.from_ternary(q, 0.25, dtype=torch.int8)
+
+
+# ---------------------------------------------------------------------------------------------
+# dtype casts: gamma stays float32
+# ---------------------------------------------------------------------------------------------
+
+CASTS = {
+    "to(bfloat16)": (lambda m: m.to(torch.bfloat16), torch.bfloat16),
+    "to(dtype=float16)": (lambda m: m.to(dtype=torch.float16), torch.float16),
+    "half()": (lambda m: m.half(), torch.float16),
+    "bfloat16()": (lambda m: m.bfloat16(), torch.bfloat16),
+    "type(bfloat16)": (lambda m: m.type(torch.bfloat16), torch.bfloat16),  # casts every tensor, uint8 too
+}
+
+
+@pytest.mark.parametrize("cast", sorted(CASTS))
+@pytest.mark.parametrize("bias", [True, False])
+def test_cast_of_a_model_keeps_packed_scale_and_outputs(cast, bias):
+    fn, dtype = CASTS[cast]
+    layer = random_layer(100, 37, bias=bias, seed=36)
+    if bias:  # multiples of 1/256 below 0.5: exact in bfloat16 and float16, so the cast keeps the bias
+        with torch.no_grad():
+            layer.bias.copy_((layer.bias * 256).round().clamp(-127, 127) / 256)
+    model = nn.Sequential(layer.pack())
+    x = random_input(2, 5, 100, seed=37, dtype=torch.bfloat16)
+    y = model(x)
+    scale, packed = layer.weight_scale.clone(), layer.weight_packed.clone()
+    assert scale.dtype == torch.float32
+
+    fn(model)
+    assert layer.weight_scale.dtype == torch.float32 and torch.equal(layer.weight_scale, scale)
+    assert layer.weight_packed.dtype == torch.uint8 and torch.equal(layer.weight_packed, packed)
+    assert layer.weight.dtype == dtype  # the packed weight reports the dtype the model was cast to
+    if bias:
+        assert layer.bias.dtype == dtype  # the bias is cast as nn.Linear's
+    assert torch.equal(model(x), y)  # bit-identical
+
+    model.float()
+    assert layer.weight.dtype == torch.float32 and layer.weight_scale.dtype == torch.float32
+    assert torch.equal(model(x), y)
+
+
+@pytest.mark.parametrize("cast", ["to(bfloat16)", "half()"])
+def test_cast_of_a_training_mode_layer_then_pack(cast):
+    fn, dtype = CASTS[cast]
+    layer = random_layer(64, 24, seed=38)
+    linear = nn.Linear(64, 24)
+    linear.load_state_dict(layer.state_dict())
+    fn(layer)
+    fn(linear)
+    # training mode: latent weight and bias cast exactly as nn.Linear's; there is no weight_scale yet
+    assert layer.weight.dtype == dtype and torch.equal(layer.weight, linear.weight)
+    assert torch.equal(layer.bias, linear.bias) and set(layer.state_dict()) == {"weight", "bias"}
+    x = random_input(3, 64, seed=39, dtype=dtype)
+    y_train = layer(x)
+    assert y_train.dtype == dtype
+    # packing the cast layer: gamma in float32, from the cast latent weight
+    _, gamma = lk.quantize_weight_absmean(linear.weight)
+    layer.pack()
+    assert layer.weight_scale.dtype == torch.float32 and torch.equal(layer.weight_scale, gamma.reshape(1).float())
+    assert layer.weight.dtype == dtype
+    with torch.no_grad():
+        y_packed = layer(x)
+    close(y_packed.float(), y_train.detach().float(), 2e-2)
+    fn(layer)  # again, now packed: nothing changes
+    assert layer.weight_scale.dtype == torch.float32 and torch.equal(layer(x), y_packed)

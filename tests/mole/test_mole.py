@@ -17,6 +17,7 @@ from torch import nn
 
 import lmops_kernels as lk
 from lmops.bitnet import BitLinear
+from lmops.bitnet.layer import PackedTernaryWeight, PackedWeightError
 from lmops.mole import GATE_INPUTS, NORMS, MoLELinear
 from lmops.mole.layer import GateGroup
 
@@ -123,6 +124,24 @@ def test_bitlinear_base(packed, gate_input):
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert layer.gate.weight.grad.abs().sum() > 0
     assert layer.lora_A.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_over_a_packed_base_is_its_read_only_view(dtype):
+    torch.manual_seed(2)
+    base = BitLinear(48, 33, bias=True, dtype=dtype).pack()
+    experts = make_experts(48, 33, (4, 2))
+    layer = MoLELinear(base, experts)
+    w = layer.weight  # raised AttributeError before packed layers kept a .weight
+    assert isinstance(w, PackedTernaryWeight) and w.packed is base.weight_packed and w.scale is base.weight_scale
+    assert tuple(w.shape) == (33, 48) and w.dtype == dtype
+    q, gamma = base.ternary_weight()
+    assert torch.equal(w.dequantize(torch.float32), q.float() * gamma)
+    assert layer.bias is base.bias
+    # experts over a packed base keep their own dtype (float32 here), whatever dtype its weight reports
+    assert layer.lora_A.dtype == layer.lora_B.dtype == torch.float32
+    with pytest.raises(PackedWeightError, match="A LoRA cannot be merged into a packed BitLinear"):
+        layer.weight.data += layer.get_delta_weight().to(dtype)
 
 
 def test_gates_start_near_uniform_and_temperature_positive():

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lmops import BitLinear
+from lmops.bitnet.layer import PackedTernaryWeight
 from lmops.reslora import ESTIMATORS, STRUCTURES, ResLoRALinear
 
 F64 = torch.float64
@@ -329,6 +330,25 @@ def test_packed_bitlinear_base_trains_but_cannot_merge(structure):
     with pytest.raises(RuntimeError, match="packed BitLinear"):
         layers[0].merge()
     assert not layers[0].merged
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_over_a_packed_base_is_its_read_only_view(dtype):
+    base = BitLinear(64, 32, bias=True, dtype=dtype).pack()
+    layer = ResLoRALinear(base, r=4, structure="none")
+    w = layer.weight  # raised AttributeError before packed layers kept a .weight
+    assert isinstance(w, PackedTernaryWeight) and w.packed is base.weight_packed and w.scale is base.weight_scale
+    assert tuple(w.shape) == (32, 64) and w.dtype == dtype
+    q, gamma = base.ternary_weight()
+    assert torch.equal(w.dequantize(torch.float32), q.float() * gamma)
+    assert layer.bias is base.bias
+    # adapters over a packed base: float32 on the base's device, whatever dtype its weight reports
+    assert layer.lora_A.weight.dtype == layer.lora_B.weight.dtype == torch.float32
+    with torch.no_grad():
+        layer.lora_B.weight.normal_()
+    x = torch.randn(5, 64, dtype=dtype)
+    want = base(x) + (layer.scaling * x.float() @ (layer.lora_B.weight @ layer.lora_A.weight).T).to(dtype)
+    torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
 def test_unpacked_bitlinear_merges_into_the_latent_weight():
