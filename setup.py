@@ -31,7 +31,7 @@ def _sources(pattern: str) -> list[str]:
 
 def _extension():
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=off", "-fvisibility=hidden"]
-    sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + _sources("csrc/cpu/*.cpp")
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/mole_weights.cpp"] + _sources("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(HERE, "lmops_kernels")]  # schemas.def, the one list of op schemas
     cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
     with_cuda = (

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch
 from . import mole_rank as _mole_rank
+from .ops import has_native_autograd
 from .checks import FLOAT_ACTIVATIONS as _FLOAT_ACTIVATIONS
 from .checks import check_same_device as _check_same_device
 from .checks import check_tensor as _check_tensor
@@ -14,32 +14,47 @@ from .checks import check_tensor as _check_tensor
 _MOLE_NORMS = _mole_rank.NORMS
 
 
-def _mole_gate_setup(ctx, inputs, output):
-    x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps = inputs
-    ctx.save_for_backward(
-        x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, output[1]
-    )
-    ctx.norm = norm
-    ctx.eps = eps
-
-
-def _mole_gate_backward(ctx, grad_y, grad_gates):
-    x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, gates = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    for i, name in ((1, "lora_A"), (2, "lora_B"), (3, "scaling")):
-        if needs[i]:
-            raise RuntimeError(
-                f"mole_gate: {name} requires grad, but the LoRA experts are frozen in MoLE and mole_gate has no "
-                f"gradient for them; call {name}.requires_grad_(False) (or pass {name}.detach())"
-            )
-    grad_x, grad_w, grad_nw, grad_nb, grad_tau = _mole_rank.backward(
+@torch.library.impl("lmops::mole_gate_backward", "CompositeImplicitAutograd")
+def _mole_gate_backward_op(
+    grad_y, grad_gates, gates, x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature,
+    expert_mask, norm, eps, needs,
+):
+    """Gradients for ``(x, gate_weight, norm_weight, norm_bias, temperature)`` (``needs`` says which; the
+    others come back empty): :func:`lmops_kernels.mole_rank.backward`."""
+    grads = _mole_rank.backward(
         grad_y, grad_gates, gates, x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature,
-        expert_mask, ctx.norm, ctx.eps, (needs[0], needs[4], needs[5], needs[6], needs[7]),
+        expert_mask, norm, eps, tuple(needs),
     )
-    return grad_x, None, None, None, grad_w, grad_nw, grad_nb, grad_tau, None, None, None
+    return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
 
-torch.library.register_autograd("lmops::mole_gate", _mole_gate_backward, setup_context=_mole_gate_setup)
+if not has_native_autograd("mole_gate"):  # the extension is missing: the same rule, in Python
+
+    def _setup(ctx, inputs, output):
+        x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps = inputs
+        ctx.save_for_backward(
+            x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, output[1]
+        )
+        ctx.norm, ctx.eps = norm, eps
+
+    def _backward(ctx, grad_y, grad_gates):
+        x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, gates = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        for i, name in ((1, "lora_A"), (2, "lora_B"), (3, "scaling")):
+            if needs[i]:
+                raise ValueError(
+                    f"mole_gate: {name} requires grad, but the LoRA experts are frozen in MoLE and mole_gate has no "
+                    f"gradient for them; call {name}.requires_grad_(False) (or pass {name}.detach())"
+                )
+        want = [needs[0], needs[4], needs[5], needs[6], needs[7]]
+        grads = torch.ops.lmops.mole_gate_backward(
+            grad_y, grad_gates, gates, x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature,
+            expert_mask, ctx.norm, ctx.eps, want,
+        )
+        gx, gw, gnw, gnb, gtau = (g if w else None for g, w in zip(grads, want))
+        return gx, None, None, None, gw, gnw, gnb, gtau, None, None, None
+
+    torch.library.register_autograd("lmops::mole_gate", _backward, setup_context=_setup)
 
 
 def _mole_check_float(name: str, t: object, shape: tuple[int, ...] | None, device: torch.device) -> torch.Tensor:
@@ -53,7 +68,9 @@ def _mole_check_float(name: str, t: object, shape: tuple[int, ...] | None, devic
     return t
 
 
-def _mole_validate(x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps):
+def _check_mole_gate(x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps):
+    """Every check of :func:`mole_gate`: shapes, dtypes and devices; frozen experts; on CPU tensors the
+    values (a positive temperature, at least one kept expert) where that costs no device sync."""
     _check_tensor("x", x)
     if x.dtype not in _FLOAT_ACTIVATIONS:
         raise TypeError(f"x: expected float32, bfloat16 or float16, got {x.dtype}")
@@ -102,52 +119,6 @@ def _mole_validate(x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bi
         raise ValueError(f"norm: expected one of {_MOLE_NORMS}, got {norm!r}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < float("inf"):
         raise ValueError(f"eps: expected a positive finite float, got {eps!r}")
-
-
-def _mole_shapes_ok(x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps):
-    """The checks of :func:`_mole_validate` as one expression (this runs once per layer per decoded
-    token); False sends the call through ``_mole_validate`` for the error message."""
-    fl = _FLOAT_ACTIVATIONS
-    try:
-        n, r, k = lora_A.shape
-        n_b, o, r_b = lora_B.shape
-        d = n * o
-        dev = x.device
-        return (
-            x.dtype in fl
-            and lora_A.dtype in fl
-            and lora_B.dtype in fl
-            and gate_weight.dtype in fl
-            and x.shape[-1] == k
-            and k > 0
-            and n > 0
-            and r > 0
-            and o > 0
-            and n_b == n
-            and r_b == r
-            and scaling.shape == (n,)
-            and scaling.dtype.is_floating_point
-            and gate_weight.shape == (n, d)
-            and (norm_weight is None or (norm_weight.shape == (d,) and norm_weight.dtype in fl and norm_weight.device == dev))
-            and (norm_bias is None or (norm_bias.shape == (d,) and norm_bias.dtype in fl and norm_bias.device == dev))
-            and temperature.dim() <= 1
-            and temperature.numel() == 1
-            and temperature.dtype.is_floating_point
-            and (expert_mask is None or (expert_mask.dtype == torch.bool and expert_mask.shape == (n,) and expert_mask.device == dev))
-            and lora_A.device == dev
-            and lora_B.device == dev
-            and scaling.device == dev
-            and gate_weight.device == dev
-            and temperature.device == dev
-            and norm in _MOLE_NORMS
-            and type(eps) in (float, int)
-            and 0 < eps < float("inf")
-        )
-    except (AttributeError, TypeError, ValueError, IndexError):
-        return False
-
-
-def _mole_check_grads_and_values(x, lora_A, lora_B, scaling, temperature, expert_mask) -> None:
     if torch.is_grad_enabled():
         for name, t in (("lora_A", lora_A), ("lora_B", lora_B), ("scaling", scaling)):
             if t.requires_grad:
@@ -162,6 +133,9 @@ def _mole_check_grads_and_values(x, lora_A, lora_B, scaling, temperature, expert
             raise ValueError(f"temperature: expected > 0, got {tau}")
         if expert_mask is not None and not bool(expert_mask.any()):
             raise ValueError("expert_mask: expected at least one kept expert (True), got all False")
+
+
+_mole_gate_op = torch.ops.lmops.mole_gate.default
 
 
 def mole_gate(
@@ -214,27 +188,11 @@ def mole_gate(
     gate projections) are cached per weight set (:mod:`lmops_kernels.mole_rank`); in-place updates
     are seen through version counters, writes through ``.data`` are not.
     """
-    if not _mole_shapes_ok(
-        x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps
-    ):
-        _mole_validate(x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps)
-    _mole_check_grads_and_values(x, lora_A, lora_B, scaling, temperature, expert_mask)
-    eps = float(eps)
+    _check_mole_gate(x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps)
     x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    if not torch.compiler.is_compiling() and not (
-        torch.is_grad_enabled()
-        and any(t is not None and t.requires_grad for t in (x, gate_weight, norm_weight, norm_bias, temperature))
-    ):
-        # Inference fast path (as ternary_linear's): the implementation the operator would reach,
-        # without the operator call's ~35 us (measured on 2 cores: 54 vs 19 us per call on tiny
-        # shapes), a sixth of a decode step's MoLE part at N=8, r=16, 4096x4096.
-        y, gates = dispatch.select("mole_gate", x.device.type).fn(
-            x2, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps
-        )
-    else:
-        y, gates = torch.ops.lmops.mole_gate(
-            x2, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps
-        )
+    y, gates = _mole_gate_op(
+        x2, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, float(eps)
+    )
     if x.dim() == 2:
         return y, gates
     lead = x.shape[:-1]

@@ -18,7 +18,7 @@ with ``W`` the gate weight, ``w``/``b`` the norm weight/bias (1/0 when absent). 
 
 and ``y = sum_i g_i E_i = [g_0 u_0 | ... | g_{N-1} u_{N-1}] @ Wy`` with ``Wy`` ``(N*r, O)`` the
 experts' ``B_i^T`` stacked. ``P``, ``Gram``, ``b1``, ``c``, ``d``, ``Wy`` depend on weights only;
-:func:`cached_tensors` keeps them per weight set. The masked renormalization equals a softmax over
+:func:`cached_tensors` gives them, computed once per weight set. The masked renormalization equals a softmax over
 the kept experts alone (masked logits set to -inf), which is how the backends compute it.
 
 Caveat (float32): ``S2/D - mu^2`` cancels when ``|mu| >> sigma`` (features far from zero-mean);
@@ -30,8 +30,6 @@ plain torch, so it runs on every device and under ``torch.compile``.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -95,32 +93,9 @@ def gate_tensors(
 
 
 # ---------------------------------------------------------------------------------------------
-# cache of the weight-only tensors, per weight set
+# the weight-only tensors of a call: from the native extension's cache (csrc/mole_weights.cpp, shared
+# with the CPU kernel), or computed on the spot where the extension is missing
 # ---------------------------------------------------------------------------------------------
-# Keyed by the identity of the weight tensors (lora_A, lora_B, gate_weight, norm_weight, norm_bias);
-# an entry is valid while every one of them is alive (weak references) and unchanged (version
-# counters: in-place updates by optimizers bump them; writes through ``.data`` do not and are not
-# seen). One entry per weight set: a new version replaces the old entry, keeping the expert part
-# when only the gate changed (training). Inference tensors have no version counter: not cached.
-
-_MAX_ENTRIES = 4096
-_lock = threading.Lock()
-_cache: dict[tuple, tuple] = {}  # ids -> (weakrefs, versions, ExpertTensors, GateTensors)
-
-
-def _build_expert(lora_A, lora_B) -> ExpertTensors:
-    with torch.no_grad():
-        return expert_tensors(lora_A.detach(), lora_B.detach())
-
-
-def _build_gate(lora_B, gate_weight, norm_weight, norm_bias) -> GateTensors:
-    with torch.no_grad():
-        return gate_tensors(
-            lora_B.detach(),
-            gate_weight.detach(),
-            None if norm_weight is None else norm_weight.detach(),
-            None if norm_bias is None else norm_bias.detach(),
-        )
 
 
 def cached_tensors(
@@ -130,37 +105,27 @@ def cached_tensors(
     norm_weight: torch.Tensor | None,
     norm_bias: torch.Tensor | None,
 ) -> tuple[ExpertTensors, GateTensors]:
-    """:func:`expert_tensors` and :func:`gate_tensors` in float32, computed once per weight set."""
-    tensors = (lora_A, lora_B, gate_weight, norm_weight, norm_bias)
-    try:
-        versions = tuple(-1 if t is None else t._version for t in tensors)
-    except RuntimeError:  # an inference tensor: no version counter, no caching
-        return _build_expert(lora_A, lora_B), _build_gate(lora_B, gate_weight, norm_weight, norm_bias)
-    ids = tuple(0 if t is None else id(t) for t in tensors)
-    hit = _cache.get(ids)
-    alive = hit is not None and all(
-        (ref is None) if t is None else (ref is not None and ref() is t) for ref, t in zip(hit[0], tensors)
-    )
-    if alive and hit[1] == versions:
-        return hit[2], hit[3]
-    ex = hit[2] if alive and hit[1][:2] == versions[:2] else _build_expert(lora_A, lora_B)
-    gt = _build_gate(lora_B, gate_weight, norm_weight, norm_bias)
+    """:func:`expert_tensors` and :func:`gate_tensors` in float32. With the native extension they are
+    computed once per weight set (the op ``lmops::mole_gate_weights``: valid while the tensors are alive
+    and their version counters unchanged; writes through ``.data`` are not seen; inference tensors are
+    not cached); without it, on every call."""
+    from . import _native
 
-    def drop(_ref, ids=ids):
-        _cache.pop(ids, None)
-
-    refs = tuple(None if t is None else weakref.ref(t, drop) for t in tensors)
-    with _lock:
-        if len(_cache) >= _MAX_ENTRIES:
-            _cache.pop(next(iter(_cache)), None)
-        _cache[ids] = (refs, versions, ex, gt)
-    return ex, gt
-
-
-def clear_cache() -> None:
-    """Drops every cached weight-only tensor."""
-    with _lock:
-        _cache.clear()
+    if _native.available():
+        wy, b1, gram, p, c, d = torch.ops.lmops.mole_gate_weights(lora_A, lora_B, gate_weight, norm_weight, norm_bias)
+        n, r, k = lora_A.shape
+        a = lora_A.detach().to(torch.float32).reshape(n * r, k).contiguous()  # a view for float32 experts
+        return ExpertTensors(a, wy, b1, gram), GateTensors(p, c, d)
+    with torch.no_grad():
+        return (
+            expert_tensors(lora_A.detach(), lora_B.detach()),
+            gate_tensors(
+                lora_B.detach(),
+                gate_weight.detach(),
+                None if norm_weight is None else norm_weight.detach(),
+                None if norm_bias is None else norm_bias.detach(),
+            ),
+        )
 
 
 # ---------------------------------------------------------------------------------------------

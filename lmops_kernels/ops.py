@@ -24,8 +24,10 @@ SCHEMAS: dict[str, str] = {
     for m in re.finditer(r'^LMOPS_SCHEMA\("(.*)"\)\s*$', _SCHEMA_FILE.read_text(encoding="utf-8"), re.M)
 }
 
-# Ops whose Python kernel is their definition (plain torch, decomposed by torch.compile): no routing.
-_IMPLICIT = ("ternary_linear_backward",)
+# Ops whose Python kernel is their definition (plain torch, decomposed by torch.compile), and the one
+# whose kernel is native C++ only (the MoLE weight cache, CompositeExplicitAutograd): no routing.
+_IMPLICIT = ("ternary_linear_backward", "mole_gate_backward")
+_NATIVE_ONLY = ("mole_gate_weights",)
 
 _lib = torch.library.Library("lmops", "FRAGMENT")
 
@@ -41,7 +43,7 @@ def _defined(name: str) -> bool:
 for _name, _schema in SCHEMAS.items():
     if not _defined(_name):  # the extension is missing (or older than this file): define it here
         _lib.define(_schema)
-    if _name not in _IMPLICIT:
+    if _name not in _IMPLICIT and _name not in _NATIVE_ONLY:
         _lib.impl(_name, dispatch.route(_name), "CompositeExplicitAutograd")
 
 
@@ -103,3 +105,18 @@ def _(packed, src, dst):
 @torch.library.register_fake("lmops::mole_gate")
 def _(x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps):
     return x.new_empty((x.shape[0], lora_B.shape[1])), x.new_empty((x.shape[0], lora_A.shape[0]), dtype=torch.float32)
+
+
+@torch.library.register_fake("lmops::mole_gate_weights")
+def _(lora_A, lora_B, gate_weight, norm_weight, norm_bias):
+    n, r, k = lora_A.shape
+    o = lora_B.shape[1]
+    f = dict(dtype=torch.float32)
+    return (
+        lora_A.new_empty((n * r, o), **f),
+        lora_A.new_empty((n * r,), **f),
+        lora_A.new_empty((n, r, r), **f),
+        lora_A.new_empty((n * r, n), **f),
+        lora_A.new_empty((n,), **f),
+        lora_A.new_empty((n,), **f),
+    )

@@ -3,7 +3,9 @@
 // checks their memory safety needs. The ISA is the one set_isa chose (LMOPS_CPU_ISA).
 #include <torch/library.h>
 
+#include "../mole_weights.h"
 #include "../packing.h"
+#include "mole.h"
 #include "ternary.h"
 
 namespace {
@@ -29,9 +31,23 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const a
                                     current_isa());
 }
 
+// x (T, K): the public wrapper flattens the leading dimensions. The weight-only tensors come from the
+// cache of mole_weights.h.
+std::tuple<at::Tensor, at::Tensor> mole_gate(const at::Tensor& x, const at::Tensor& lora_A, const at::Tensor& lora_B,
+                                             const at::Tensor& scaling, const at::Tensor& gate_weight,
+                                             const std::optional<at::Tensor>& norm_weight,
+                                             const std::optional<at::Tensor>& norm_bias, const at::Tensor& temperature,
+                                             const std::optional<at::Tensor>& expert_mask, c10::string_view norm,
+                                             double eps) {
+  const lmops::MoleWeights w = lmops::mole_weights(lora_A, lora_B, gate_weight, norm_weight, norm_bias);
+  return lmops::cpu::mole_gate_forward(x, w.a, w.wy, w.b1, w.gram, w.p, w.c, w.d, scaling, temperature, expert_mask,
+                                       std::string(norm), eps);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lmops, CPU, m) {
+  m.impl("mole_gate", &mole_gate);
   m.impl("quantize_activation_absmax", &quantize_activation_absmax);
   m.impl("ternary_matmul_int", &ternary_matmul_int);
   m.impl("ternary_linear", &ternary_linear);

@@ -1,14 +1,5 @@
 """BitNet b1.58 for whole models: convert a transformers causal LM for quantization-aware training
-(QAT), pack it for inference, save and load it.
-
-Typical use::
-
-    model = AutoModelForCausalLM.from_pretrained(...)      # any causal LM: Llama, Mistral, Qwen2, BitNet
-    lmops.bitnet.convert(model)                              # every nn.Linear but lm_head -> BitLinear (QAT)
-    ...train...                                              # latent float weights, STE fake quantization
-    lmops.bitnet.pack(model)                                 # 2-bit weights, native W2A8 kernel
-    lmops.bitnet.save_pretrained(model, "out")               # config.json + model.safetensors
-    model = lmops.bitnet.from_pretrained("out")              # also reads transformers BitNet checkpoints
+(QAT), pack it for inference, and the inverse (the typical use is in :mod:`lmops.bitnet`).
 
 Modules are swapped in place through a small registry keyed by module type (``CONVERTERS`` and its
 inverse ``UNCONVERTERS``, as torchao's ``quantize_`` handlers); transformers' classes are never

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["EXIT_USAGE", "Fail", "positive_float", "positive_int"]
+__all__ = ["EXIT_USAGE", "Fail", "positive_float", "positive_int", "require_transformers"]
 
 EXIT_USAGE = 2
 
@@ -31,3 +31,11 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def require_transformers() -> None:
+    """``Fail`` with the install command when transformers (the ``hf`` extra) is missing."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise Fail('needs transformers, from the hf extra: pip install --no-build-isolation -e ".[hf]"') from None

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .args import Fail
+from .args import Fail, require_transformers
 
 __all__ = ["add_parser", "run"]
 
@@ -53,10 +53,7 @@ def _is_bitnet_config(src: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise Fail('needs transformers, from the hf extra: pip install --no-build-isolation -e ".[hf]"') from None
+    require_transformers()
     import warnings
 
     src = _check_model_dir(args.src)

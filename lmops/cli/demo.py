@@ -5,16 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .args import Fail, positive_float, positive_int
+from .args import Fail, positive_float, positive_int, require_transformers
 
 __all__ = ["add_parser", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise Fail('needs transformers, from the hf extra: pip install --no-build-isolation -e ".[hf]"') from None
+    require_transformers()
     from ..demo import config_from_args, run_demo
 
     try:

@@ -55,17 +55,11 @@ def info_lines() -> list[str]:
     else:
         lines.append(f"CPU ISA: {forced_isa} (forced by LMOPS_CPU_ISA; detected best {best})")
 
-    try:
-        forced = dispatch.forced_backend()
-        forced_error = None
-    except ValueError as exc:
-        forced, forced_error = None, str(exc)
-    raw = os.environ.get(dispatch.ENV_VAR)
-    if forced_error:
-        lines.append(f"{dispatch.ENV_VAR}: invalid: {forced_error}")
-    elif forced:
+    forced = dispatch.forced_backend()  # LMOPS_BACKEND at import (an invalid name fails the import), or force()
+    if forced:
         lines.append(f"{dispatch.ENV_VAR}={forced}: every op with a {forced} backend must use it")
     else:
+        raw = os.environ.get(dispatch.ENV_VAR)
         lines.append(f"{dispatch.ENV_VAR}: {'auto' if raw else 'not set'} (order: {' > '.join(dispatch.BACKENDS)})")
 
     gpu = torch.cuda.is_available()

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 CUDA_DIR = CSRC / "cuda"
 KERNEL_SOURCES = sorted(CUDA_DIR.glob("*.cu"))
-BINDING_SOURCES = sorted(CUDA_DIR.glob("*.cpp")) + [CSRC / "ops.cpp", CSRC / "autograd.cpp"]
+BINDING_SOURCES = sorted(CUDA_DIR.glob("*.cpp")) + [CSRC / "ops.cpp", CSRC / "autograd.cpp", CSRC / "mole_weights.cpp"]
 NVCC = shutil.which("nvcc")
 
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: the CUDA compile check needs it")

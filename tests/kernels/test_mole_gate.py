@@ -306,6 +306,28 @@ def test_opcheck(backend, masked, affine, norm):
     torch.library.opcheck(torch.ops.lmops.mole_gate.default, (*inputs, norm, 1e-5))
 
 
+@pytest.mark.parametrize("affine", [0, 2])
+def test_opcheck_weight_cache_and_backward_ops(native_required, affine):
+    """The two ops behind mole_gate: the cached weight-only tensors (equal to mole_rank's plain-torch
+    definition) and the rank-space backward (equal to autograd through the reference)."""
+    x, a, b, s, gw, nw, nb, tau, mask = make_inputs(5, 21, 11, 3, 3, affine=affine, masked=True, seed=14)
+    torch.library.opcheck(torch.ops.lmops.mole_gate_weights.default, (a, b, gw, nw, nb))
+    got = torch.ops.lmops.mole_gate_weights(a, b, gw, nw, nb)
+    ex, gt = mole_rank.expert_tensors(a, b), mole_rank.gate_tensors(b, gw, nw, nb)
+    for g, w in zip(got, (ex.wy, ex.b1, ex.gram, gt.p, gt.c, gt.d)):
+        torch.testing.assert_close(g, w)
+    y, gates = ref_mole_gate(x, a, b, s, gw, nw, nb, tau, mask, norm="layernorm")
+    gy, gg = torch.randn_like(y), torch.randn_like(gates)
+    args = (gy, gg, gates, x, a, b, s, gw, nw, nb, tau, mask, "layernorm", 1e-5, [True, True, affine > 0, affine > 1, True])
+    torch.library.opcheck(torch.ops.lmops.mole_gate_backward.default, args)
+    leaves = [t.detach().requires_grad_() for t in (x, gw, tau)]
+    y2, g2 = ref_mole_gate(leaves[0], a, b, s, leaves[1], nw, nb, leaves[2], mask, norm="layernorm")
+    want = torch.autograd.grad((y2 * gy).sum() + (g2 * gg).sum(), leaves)
+    gx, gwg, _, _, gtau = torch.ops.lmops.mole_gate_backward(*args)
+    for g, w in zip((gx, gwg, gtau), want):
+        torch.testing.assert_close(g, w.reshape(g.shape), rtol=1e-4, atol=1e-5)
+
+
 def test_compile_fullgraph_forward_backward(monkeypatch):
     dispatch.force(None)
     inputs = make_inputs(4, 21, 11, 3, 3, masked=True, seed=13)
