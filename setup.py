@@ -1,4 +1,8 @@
-"""Builds the `lmops` distribution: the pure-Python packages plus the native extension `lmops_kernels._C`.
+"""Builds the `lmops` distribution: the pure-Python packages plus the native op library `lmops_kernels._C`.
+
+`_C` is a plain C++ library of torch ops (TORCH_LIBRARY; no pybind, no Python headers, built with
+py_limited_api so it links no libtorch_python): `lmops_kernels` loads it with `torch.ops.load_library`,
+and a C++ program or an AOTInductor model can load it without Python.
 
 The CPU kernels are always built. Instruction sets are selected at run time (csrc/cpu/ternary.cpp);
 the AVX2 and AVX-512 units get their instruction sets from `#pragma GCC target`, so the wheel carries
@@ -48,6 +52,7 @@ def _extension():
             "lmops_kernels._C",
             sources + cuda_sources,
             include_dirs=include_dirs,
+            py_limited_api=True,  # no libtorch_python, no Python symbols: loadable from C++ alone
             extra_compile_args={
                 "cxx": cxx + ["-DLMOPS_WITH_CUDA"],
                 # no --use_fast_math: the epilogue must round like the reference (see ternary_kernels.cuh)
@@ -56,7 +61,12 @@ def _extension():
             extra_link_args=["-fopenmp"],
         )
     return CppExtension(
-        "lmops_kernels._C", sources, include_dirs=include_dirs, extra_compile_args=cxx, extra_link_args=["-fopenmp"]
+        "lmops_kernels._C",
+        sources,
+        include_dirs=include_dirs,
+        py_limited_api=True,  # no libtorch_python, no Python symbols: loadable from C++ alone
+        extra_compile_args=cxx,
+        extra_link_args=["-fopenmp"],
     )
 
 

@@ -1,57 +1,66 @@
-// The lmops:: operator library: every schema (declared once, in lmops_kernels/schemas.def) and the Python
-// module lmops_kernels._C. The kernels register themselves at their dispatch keys (TORCH_LIBRARY_IMPL):
-// cpu/register.cpp (CPU), cuda/ops_cuda.cpp (CUDA, where built), autograd.cpp (Autograd). So the ops are
-// callable from C++ and AOTInductor once this library is loaded, without Python. The plain-torch
-// reference, the Triton kernels, the fake (meta) kernels and LMOPS_BACKEND's overrides are registered
-// from Python by lmops_kernels.
-//
-// The pybind functions below are the raw kernels (for benchmarks that measure the op's own overhead)
-// and the CPU ISA switch; no op is reached through them.
-#include <torch/extension.h>
+// The lmops:: operator library: every schema (declared once, in lmops_kernels/schemas.def) and the few
+// utility ops the Python package uses to talk to the native code. The kernels register themselves at
+// their dispatch keys (TORCH_LIBRARY_IMPL): cpu/register.cpp (CPU), cuda/ops_cuda.cpp (CUDA, where
+// built), autograd.cpp (Autograd), mole_weights.cpp (the MoLE weight cache). The library includes no
+// Python header and links no Python library (built with py_limited_api): a C++ program or an AOTInductor
+// model loads it with dlopen (or torch::ops::load_library) and calls torch.ops.lmops.* without Python.
+// lmops_kernels._native loads it with torch.ops.load_library; the plain-torch reference, the Triton
+// kernels, the fake (meta) kernels and LMOPS_BACKEND's overrides are registered from Python.
 #include <torch/library.h>
 
-#include "cpu/mole.h"
+#include <chrono>
+#include <string>
+
 #include "cpu/ternary.h"
+
+namespace {
+
+std::string cpu_features() {
+  using lmops::cpu::Isa;
+  auto flag = [](Isa isa) { return lmops::cpu::isa_supported(isa) ? "true" : "false"; };
+  return std::string("{\"avx2\": ") + flag(Isa::Avx2) + ", \"avx512vnni\": " + flag(Isa::Avx512Vnni) +
+         ", \"best_isa\": \"" + lmops::cpu::isa_name(lmops::cpu::best_isa()) + "\"}";
+}
+
+void set_cpu_isa(c10::string_view isa) { lmops::cpu::set_isa(std::string(isa)); }
+
+std::string cpu_isa() { return lmops::cpu::isa_name(lmops::cpu::current_isa()); }
+
+bool with_cuda() {
+#ifdef LMOPS_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+// Seconds per call of the raw CPU ternary_linear kernel (no dispatcher, no validation), over the weight
+// sets in turn, `reps` times: the baseline of benches/bench_op_overhead.py.
+double bench_ternary_linear_raw(const at::Tensor& x, at::TensorList packed, at::TensorList weight_scale, int64_t reps) {
+  TORCH_CHECK_VALUE(packed.size() == weight_scale.size() && !packed.empty() && reps >= 1,
+                    "packed, weight_scale: expected two non-empty lists of one length, and reps >= 1");
+  const auto isa = lmops::cpu::current_isa();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t r = 0; r < reps; ++r) {
+    for (size_t i = 0; i < packed.size(); ++i) {
+      lmops::cpu::ternary_linear(x, packed[i], weight_scale[i], std::nullopt, isa);
+    }
+  }
+  const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+  return dt.count() / static_cast<double>(reps * static_cast<int64_t>(packed.size()));
+}
+
+}  // namespace
 
 TORCH_LIBRARY(lmops, m) {
 #define LMOPS_SCHEMA(schema) m.def(schema);
 #include "schemas.def"
 #undef LMOPS_SCHEMA
-}
-
-namespace {
-
-pybind11::dict cpu_features() {
-  using lmops::cpu::Isa;
-  pybind11::dict d;
-  d["avx2"] = lmops::cpu::isa_supported(Isa::Avx2);
-  d["avx512vnni"] = lmops::cpu::isa_supported(Isa::Avx512Vnni);
-  d["best_isa"] = lmops::cpu::isa_name(lmops::cpu::best_isa());
-  return d;
-}
-
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "lmops native kernels (CPU, and CUDA where built with it); the ops are torch.ops.lmops.*";
-  m.def("cpu_features", &cpu_features, "CPU features the kernels can use, and the ISA chosen by default");
-  m.def("set_cpu_isa", &lmops::cpu::set_isa, "ISA of the registered CPU kernels: auto|scalar|avx2|avx512vnni",
-        pybind11::arg("isa"));
-  m.def("cpu_isa", [] { return lmops::cpu::isa_name(lmops::cpu::current_isa()); },
-        "the ISA the registered CPU kernels use now");
-  // The raw CPU kernels, bypassing the dispatcher (benchmarks of the op's overhead only).
-  m.def("ternary_linear", &lmops::cpu::ternary_linear_isa, "W2A8 linear on (M, K), raw kernel", pybind11::arg("x"),
-        pybind11::arg("packed"), pybind11::arg("weight_scale"), pybind11::arg("bias") = pybind11::none(),
-        pybind11::arg("isa") = "auto");
-  m.def("mole_gate_forward", &lmops::cpu::mole_gate_forward,
-        "MoLE gate in rank space: x (T, K) and the weight-only tensors of lmops_kernels.mole_rank -> (y, gates)",
-        pybind11::arg("x"), pybind11::arg("a"), pybind11::arg("wy"), pybind11::arg("b1"), pybind11::arg("gram"),
-        pybind11::arg("p"), pybind11::arg("c"), pybind11::arg("d"), pybind11::arg("scaling"),
-        pybind11::arg("temperature"), pybind11::arg("expert_mask") = pybind11::none(),
-        pybind11::arg("norm") = "layernorm", pybind11::arg("eps") = 1e-5);
-#ifdef LMOPS_WITH_CUDA
-  m.attr("with_cuda") = true;
-#else
-  m.attr("with_cuda") = false;
-#endif
+  // utility ops of the native library (not part of the public op set; see lmops_kernels/_native.py)
+  m.def("_cpu_features() -> str", &cpu_features);
+  m.def("_set_cpu_isa(str isa) -> ()", &set_cpu_isa);
+  m.def("_cpu_isa() -> str", &cpu_isa);
+  m.def("_with_cuda() -> bool", &with_cuda);
+  m.def("_bench_ternary_linear_raw(Tensor x, Tensor[] packed, Tensor[] weight_scale, int reps) -> float",
+        &bench_ternary_linear_raw);
 }

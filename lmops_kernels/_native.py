@@ -1,34 +1,52 @@
-"""Loads the compiled extension ``lmops_kernels._C`` and says clearly when it is missing.
+"""Loads the native op library ``lmops_kernels/_C*.so`` and says clearly when it is missing.
+
+The library is plain C++ (no Python header, no Python library: ``csrc/ops.cpp``); loading it with
+``torch.ops.load_library`` registers the ``lmops::`` schemas and the native kernels at their dispatch
+keys. ``LMOPS_NATIVE_LIBRARY`` names another file to load instead (a library built elsewhere).
 
 The package works without it (every op falls back to the plain-torch reference); only the ``cpu``
 backend (and the ``cuda`` backend where built) needs it. When it does not load, importing
-``lmops_kernels`` warns once (:class:`NativeExtensionWarning`, a ``UserWarning``) with the import error
+``lmops_kernels`` warns once (:class:`NativeExtensionWarning`, a ``UserWarning``) with the load error
 and the rebuild command, because the fallback is about 100x slower; ``lmops info`` says it too.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
-from types import ModuleType
+from pathlib import Path
+
+import torch
 
 #: rebuilds the extension against the installed torch (run in the lmops source checkout)
 REBUILD_COMMAND = "pip install torch==2.13.0 && pip install --no-build-isolation -e ."
+ENV_LIBRARY = "LMOPS_NATIVE_LIBRARY"
 
 
 class NativeExtensionWarning(UserWarning):
     """``lmops_kernels._C`` did not load: every op runs the plain-torch reference, about 100x slower."""
 
 
-_module: ModuleType | None
-_error: str | None
+def _library_path() -> Path:
+    override = os.environ.get(ENV_LIBRARY)
+    if override:
+        return Path(override)
+    here = Path(__file__).resolve().parent
+    found = sorted(here.glob("_C*.so")) + sorted(here.glob("_C*.pyd"))
+    if not found:
+        raise FileNotFoundError(f"no native library _C*.so in {here} (the extension was never built)")
+    return found[0]
+
+
+_path: Path | None = None
+_error: str | None = None
 _load_error: str | None = None
 try:
-    from . import _C as _module  # type: ignore[attr-defined]
-
-    _error = None
-except (ImportError, OSError) as exc:  # never built, or built against another torch (undefined symbols)
-    _module = None
+    _path = _library_path()
+    torch.ops.load_library(str(_path))
+except (OSError, RuntimeError) as exc:  # never built, or built against another torch (undefined symbols)
+    _path = None
     _load_error = f"{type(exc).__name__}: {exc}"
     _error = (
         f"the lmops native extension lmops_kernels._C did not load ({_load_error}); rebuild it "
@@ -42,8 +60,13 @@ except (ImportError, OSError) as exc:  # never built, or built against another t
 
 
 def available() -> bool:
-    """True when the compiled extension imported."""
-    return _module is not None
+    """True when the native library loaded."""
+    return _path is not None
+
+
+def library_path() -> Path | None:
+    """The file of the loaded native library, or None."""
+    return _path
 
 
 def missing_reason() -> str | None:
@@ -52,22 +75,18 @@ def missing_reason() -> str | None:
 
 
 def load_error() -> str | None:
-    """The import error of the extension (``"ImportError: ..."``), or None when it loaded."""
+    """The load error of the library (``"OSError: ..."``), or None when it loaded."""
     return _load_error
 
 
-def module() -> ModuleType:
-    """The extension module; raises ``RuntimeError`` with the reason when it is missing."""
-    if _module is None:
-        raise RuntimeError(_error)
-    return _module
+def with_cuda() -> bool:
+    """True when the loaded library holds the CUDA kernels."""
+    return _path is not None and bool(torch.ops.lmops._with_cuda())
 
 
 def registered(key: str) -> bool:
-    """True when the extension registered its kernels at dispatch key ``key`` (``"CPU"`` or ``"CUDA"``)."""
-    if _module is None:
-        return False
-    return key == "CPU" or (key == "CUDA" and bool(getattr(_module, "with_cuda", False)))
+    """True when the library registered its kernels at dispatch key ``key`` (``"CPU"`` or ``"CUDA"``)."""
+    return _path is not None and (key == "CPU" or (key == "CUDA" and with_cuda()))
 
 
 _isa = "auto"
@@ -79,8 +98,8 @@ def set_cpu_isa(isa: str) -> None:
     ``LMOPS_CPU_ISA`` sets it at import."""
     global _isa
     name = (isa or "auto").strip().lower()
-    if _module is not None:
-        _module.set_cpu_isa(name)
+    if _path is not None:
+        torch.ops.lmops._set_cpu_isa(name)
     elif name not in ("auto", "scalar", "avx2", "avx512vnni"):
         raise ValueError(f"isa: expected one of auto, scalar, avx2, avx512vnni; got {isa!r}")
     _isa = name
@@ -91,10 +110,10 @@ def cpu_isa() -> str:
     return _isa
 
 
+def cpu_features() -> dict[str, object]:
+    """CPU features the native kernels detected (empty when the library is missing)."""
+    return json.loads(torch.ops.lmops._cpu_features()) if _path is not None else {}
+
+
 if os.environ.get("LMOPS_CPU_ISA"):
     set_cpu_isa(os.environ["LMOPS_CPU_ISA"])
-
-
-def cpu_features() -> dict[str, object]:
-    """CPU features the native kernels detected (empty when the extension is missing)."""
-    return dict(_module.cpu_features()) if _module is not None else {}

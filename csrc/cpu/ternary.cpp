@@ -223,11 +223,6 @@ Isa current_isa() {
   return isa < 0 ? best_isa() : static_cast<Isa>(isa);
 }
 
-at::Tensor ternary_linear_isa(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
-                              const c10::optional<at::Tensor>& bias, const std::string& isa) {
-  return ternary_linear(x, packed, weight_scale, bias, parse_isa(isa));
-}
-
 at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, Isa isa) {
   TORCH_CHECK(x_q.dim() == 2 && x_q.scalar_type() == at::kChar, "x_q: expected a 2-D int8 tensor");
   const at::Tensor xc = x_q.contiguous();

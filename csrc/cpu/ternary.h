@@ -28,9 +28,6 @@ at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, I
 // x: (..., K) contiguous float32|bfloat16|float16; weight_scale: one float; bias: (N,) or undefined -> (..., N), x's dtype.
 at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
                           const c10::optional<at::Tensor>& bias, Isa isa);
-// The same, with the ISA given by name (the raw kernel benchmarks call it through pybind).
-at::Tensor ternary_linear_isa(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
-                              const c10::optional<at::Tensor>& bias, const std::string& isa);
 
 }  // namespace cpu
 }  // namespace lmops

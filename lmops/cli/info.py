@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
-from pathlib import Path
 
 __all__ = ["add_parser", "run"]
 
@@ -36,9 +35,9 @@ def info_lines() -> list[str]:
                          "pip install --no-build-isolation -e \".[hf]\")")
 
     if _native.available():
-        with_cuda = bool(getattr(_native.module(), "with_cuda", False))
+        with_cuda = _native.with_cuda()
         lines.append(
-            f"native extension: built ({Path(_native.module().__file__).name}; CUDA kernels "
+            f"native extension: built ({_native.library_path().name}; CUDA kernels "
             f"{'included' if with_cuda else 'not included: built where torch has CUDA and nvcc is on PATH'})"
         )
     else:

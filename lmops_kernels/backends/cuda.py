@@ -22,7 +22,7 @@ def unavailable(device: str) -> str | None:
     reason = _native.missing_reason()
     if reason is not None:
         return reason
-    if not getattr(_native.module(), "with_cuda", False):
+    if not _native.with_cuda():
         return (
             "lmops was built without its CUDA kernels (at build time torch had no CUDA, nvcc was not on PATH, "
             "or LMOPS_BUILD_CUDA=0); rebuild with a CUDA torch and nvcc: pip install --no-build-isolation lmops"

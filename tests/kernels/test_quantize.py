@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmops_kernels as lk
+from lmops_kernels import _native
 from kernel_data import random_activations
 from lmops_kernels import dispatch
 from lmops_kernels import reference as ref
@@ -152,7 +153,8 @@ def test_activation_absmax_non_contiguous(use_backend, native_required, m, k):
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_activation_rounds_half_to_even(use_backend, backend):
     if backend == "cpu":
-        pytest.importorskip("lmops_kernels._C")
+        if not _native.available():
+            pytest.skip(f"native extension missing: {_native.missing_reason()}")
     use_backend(backend)
     # amax = 127 makes s exactly 1, so x * s is exactly the tie
     x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5]])
@@ -165,7 +167,8 @@ def test_activation_rounds_half_to_even(use_backend, backend):
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_activation_tiny_rows_use_floor(use_backend, backend, dtype):
     if backend == "cpu":
-        pytest.importorskip("lmops_kernels._C")
+        if not _native.available():
+            pytest.skip(f"native extension missing: {_native.missing_reason()}")
     use_backend(backend)
     x = (torch.rand(4, 37, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 5e-6
     x = x.to(dtype)
@@ -179,7 +182,8 @@ def test_activation_tiny_rows_use_floor(use_backend, backend, dtype):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_activation_non_finite_rows(use_backend, backend, dtype, bad):
     if backend == "cpu":
-        pytest.importorskip("lmops_kernels._C")
+        if not _native.available():
+            pytest.skip(f"native extension missing: {_native.missing_reason()}")
     use_backend(backend)
     gen = torch.Generator().manual_seed(2)
     x = random_activations((6, 45), dtype, gen)
