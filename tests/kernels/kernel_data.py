@@ -59,6 +59,26 @@ def assert_same(got: torch.Tensor, want: torch.Tensor) -> None:
         )
 
 
+def assert_within_one_rounding(got: torch.Tensor, want: torch.Tensor) -> None:
+    """``got`` (any device) is within one rounding step of ``want``'s 16-bit dtype, relative to each row's
+    largest ``|want|``: the tolerance ``lmops_kernels.ternary_linear`` claims for bfloat16/float16 outputs
+    (its float32 values equal the reference's; a 16-bit rounding of a differently ordered sum may land one
+    step away). Tighter than any fixed ``atol`` on rows of small scale."""
+    got = got.cpu()
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
+    g, w = got.float(), want.float()
+    assert torch.equal(g.isnan(), w.isnan()), "NaN positions differ"
+    g, w = g.nan_to_num(), w.nan_to_num()
+    step = torch.finfo(want.dtype).eps * w.abs().amax(dim=-1, keepdim=True)
+    bad = (g - w).abs() > step
+    if bad.any():
+        idx = bad.nonzero()[:5].tolist()
+        raise AssertionError(
+            f"{int(bad.sum())} elements beyond one {want.dtype} rounding step of their row's scale, first at "
+            f"{idx}: got {[g[tuple(i)].item() for i in idx]}, want {[w[tuple(i)].item() for i in idx]}"
+        )
+
+
 def extreme_matmul(m: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x_q (m, k) int8, q (n, k) int8)`` whose products are all at their largest, both signs: rows of
     -128 (row 1: 127) against rows of all +1 / all -1, so ``|acc| = 128 k`` (int32 overflow checks)."""
