@@ -6,7 +6,7 @@ device (pattern after torchao and torchvision: native kernels registered in C++ 
 
 - ``CPU`` key: the native C++ kernels (``csrc/cpu``), where the extension is built;
 - ``CUDA`` key: the native CUDA kernels (``csrc/cuda``), where the extension is built with CUDA;
-- ``Autograd`` key: ``ternary_linear``'s backward, in C++ (``csrc/autograd.cpp``);
+- ``Autograd`` key: the autograd of ``ternary_linear`` and ``mole_gate``, in C++ (``csrc/autograd.cpp``);
 - every other device, and every op or device without a native kernel: one Python kernel per op
   (:func:`route`, registered by :mod:`lmops_kernels.ops` at ``CompositeExplicitAutograd``) that calls
   the first available backend of this module's table in the order ``cuda > triton > cpu > reference``.

@@ -1,5 +1,7 @@
-"""The MoLE gate op ``mole_gate``: its typed public wrapper (validation at the op boundary) and its
-autograd rule (the rank-space backward of :mod:`lmops_kernels.mole_rank`)."""
+"""The MoLE gate op ``mole_gate``: its typed public wrapper (validation at the op boundary), and its
+backward as the op ``lmops::mole_gate_backward`` (the rank-space gradient of
+:mod:`lmops_kernels.mole_rank`), called by the C++ autograd kernel, or by the Python autograd rule here
+where the native library is missing."""
 
 from __future__ import annotations
 
@@ -185,8 +187,9 @@ def mole_gate(
     CPU tensors only (elsewhere they would synchronize the device; a non-positive temperature or an
     all-False mask then gives wrong or non-finite outputs). Weight-only tensors derived from
     ``lora_A``, ``lora_B``, the gate and the norm (a float32 copy of ``B^T`` stacked, Gram matrices,
-    gate projections) are cached per weight set (:mod:`lmops_kernels.mole_rank`); in-place updates
-    are seen through version counters, writes through ``.data`` are not.
+    gate projections) are cached per weight set by the native library (``csrc/mole_weights.cpp``; the
+    algebra: :mod:`lmops_kernels.mole_rank`); in-place updates are seen through version counters, writes
+    through ``.data`` are not.
     """
     _check_mole_gate(x, lora_A, lora_B, scaling, gate_weight, norm_weight, norm_bias, temperature, expert_mask, norm, eps)
     x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
