@@ -24,11 +24,17 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import LLMError
-from .protocol import LLM, Message, check_conversations, check_generation_args, check_loglikelihood_args
+from .protocol import LLM, Message, check_conversations, check_generation_args, check_loglikelihood_args, stop_list
 
 __all__ = ["CachedLLM"]
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS llm_cache (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+def _sampling(max_new_tokens, temperature, top_p, stop, n) -> tuple[dict, dict]:
+    """The backend's keyword arguments, and the same as the cache key holds them (``stop`` as a list)."""
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop, n=n)
+    return kw, {**kw, "stop": stop_list(stop)}
 
 
 class CachedLLM:
@@ -150,8 +156,7 @@ class CachedLLM:
         n: int = 1,
     ) -> list[list[str]]:
         prompts = check_generation_args(prompts, max_new_tokens, temperature, top_p, stop, n)
-        kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop, n=n)
-        params = {**kw, "stop": [stop] if isinstance(stop, str) else list(stop or [])}
+        kw, params = _sampling(max_new_tokens, temperature, top_p, stop, n)
         return self._cached(
             "generate",
             [{"prompt": p, **params} for p in prompts],
@@ -171,8 +176,7 @@ class CachedLLM:
     ) -> list[list[str]]:
         conversations = check_conversations(conversations)
         check_generation_args([], max_new_tokens, temperature, top_p, stop, n)
-        kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop, n=n)
-        params = {**kw, "stop": [stop] if isinstance(stop, str) else list(stop or [])}
+        kw, params = _sampling(max_new_tokens, temperature, top_p, stop, n)
         return self._cached(
             "chat",
             [{"conversation": c, **params} for c in conversations],
