@@ -4,6 +4,7 @@
 - ``lmops bench``    time the kernels against plain torch
 - ``lmops convert``  turn a Hugging Face model directory into a BitNet (BitLinear) one, optionally packed
 - ``lmops info``     versions, the native extension, CPU features, and the backend of every op
+- ``lmops serve``    an OpenAI-compatible HTTP server over a local model
 
 Each verb is one module of this package with ``add_parser(sub)`` and ``run(args)``; :data:`VERBS`
 lists them, so a method package adds its verb with one line there. Heavy imports (transformers, the
@@ -29,6 +30,7 @@ VERBS: tuple[str, ...] = (
     "lmops.cli.bench",
     "lmops.cli.convert",
     "lmops.cli.info",
+    "lmops.cli.serve",
 )
 
 
