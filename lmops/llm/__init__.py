@@ -18,6 +18,7 @@ from .function import FunctionLLM, render_chat
 from .openai_compat import OpenAICompatible
 from .hf_local import HFLocal, load_local_model
 from .parse import AskResult, ask, extract_json
+from .spec import llm_from_spec
 from .protocol import LLM, check_conversations, check_generation_args, check_loglikelihood_args
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "AskResult",
     "ask",
     "extract_json",
+    "llm_from_spec",
     "load_local_model",
     "CachedLLM",
     "FunctionLLM",
