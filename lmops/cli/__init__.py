@@ -31,6 +31,8 @@ VERBS: tuple[str, ...] = (
     "lmops.cli.convert",
     "lmops.cli.info",
     "lmops.cli.serve",
+    "lmops.methods.glan.cli",
+    "lmops.methods.hd_eval.cli",
 )
 
 

@@ -61,16 +61,24 @@ class AskResult(Generic[T]):
         raw: the answer text each value was parsed from (``None`` where it failed).
         failures: ``(request index, last error)`` for each request skipped.
         retries: how many extra attempts were made in all.
+        backend_failed: the indices among ``failures`` whose last attempt was a backend error
+            (:class:`LLMError`: the server failed after its retries) rather than an unparsable answer.
     """
 
     values: list[T | None]
     raw: list[str | None]
     failures: list[tuple[int, str]] = field(default_factory=list)
     retries: int = 0
+    backend_failed: set[int] = field(default_factory=set)
 
     @property
     def n_failed(self) -> int:
         return len(self.failures)
+
+    @property
+    def n_malformed(self) -> int:
+        """Requests skipped because every answer failed to parse."""
+        return len(self.failures) - len(self.backend_failed)
 
 
 def ask(
@@ -99,6 +107,7 @@ def ask(
     values: list[Any] = [None] * len(requests)
     raw: list[str | None] = [None] * len(requests)
     errors: dict[int, str] = {}
+    backend: set[int] = set()
     pending = list(range(len(requests)))
     extra = 0
     for attempt in range(retries + 1):
@@ -113,6 +122,7 @@ def ask(
         except LLMError as exc:
             for i in pending:
                 errors[i] = str(exc)
+                backend.add(i)
             continue
         still = []
         for i, samples in zip(pending, answers):
@@ -123,7 +133,8 @@ def ask(
                     break
                 except (ValueError, KeyError, TypeError, IndexError) as exc:
                     errors[i] = f"{type(exc).__name__}: {exc}"
+                    backend.discard(i)
             else:
                 still.append(i)
         pending = still
-    return AskResult(values, raw, [(i, errors.get(i, "no answer")) for i in pending], extra)
+    return AskResult(values, raw, [(i, errors.get(i, "no answer")) for i in pending], extra, backend & set(pending))

@@ -42,6 +42,7 @@ def test_ask_retries_then_counts_and_skips(tmp_path):
     assert result.values == [7, 8, None]
     assert result.raw == ["7", "8", None]
     assert [i for i, _ in result.failures] == [2] and "ValueError" in result.failures[0][1]
+    assert result.backend_failed == set() and result.n_malformed == 1
     assert result.retries == 3  # attempt 1: late and bad; attempt 2: bad
     # retries are new requests at the retry temperature (a cache cannot replay the failed answer)
     assert {(p, t) for p, t, _ in calls if p == "bad"} == {("bad", 0.0), ("bad", 0.7)}
@@ -58,6 +59,7 @@ def test_ask_counts_backend_errors():
 
     result = ask(FunctionLLM(fn), ["a", "b"], str, retries=1)
     assert result.values == [None, None] and result.n_failed == 2 and "503" in result.failures[0][1]
+    assert result.backend_failed == {0, 1} and result.n_malformed == 0
 
 
 def test_ask_checks_its_arguments():
