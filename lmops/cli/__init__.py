@@ -33,6 +33,7 @@ VERBS: tuple[str, ...] = (
     "lmops.cli.serve",
     "lmops.methods.glan.cli",
     "lmops.methods.hd_eval.cli",
+    "lmops.methods.se2.cli",
 )
 
 
