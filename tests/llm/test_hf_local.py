@@ -139,3 +139,21 @@ def test_cached_local_model_answers_reruns_from_the_cache(lm, tmp_path):
     first = cached.generate(PROMPTS, max_new_tokens=4)
     again = CachedLLM(HFLocal(model, tok), tmp_path / "c.sqlite")
     assert again.generate(PROMPTS, max_new_tokens=4) == first and again.misses == 0 and again.hits == 4
+
+
+def test_a_reslora_adapted_model_is_served_as_is():
+    from lmops.reslora import apply_reslora
+
+    model, tok = tiny_lm(seed=4)
+    apply_reslora(model, target_modules=("q_proj", "v_proj", "down_proj"), r=4)
+    torch.manual_seed(0)
+    with torch.no_grad():  # non-zero B, so the adapters change the output
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    llm = HFLocal(model, tok, batch_size=2)
+    out = llm.generate(PROMPTS[:3], max_new_tokens=6)
+    assert [o[0] for o in out] == [reference_greedy(model, tok, p, 6) for p in PROMPTS[:3]]
+    (lp, n), = llm.loglikelihood(["The cat"], [" sat"])
+    ref, m = reference_loglikelihood(model, tok, "The cat", " sat")
+    assert n == m and math.isclose(lp, ref, rel_tol=1e-5)
