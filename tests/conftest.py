@@ -35,3 +35,20 @@ def _restore_backend_choice():
         dispatch.force(backend)
     if _native.cpu_isa() != isa:
         _native.set_cpu_isa(isa)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the tests marked slow (minutes each; the default run keeps one fast "
+                          "end-to-end path per method). LMOPS_RUN_SLOW=1 does the same.")
+
+
+def pytest_collection_modifyitems(config, items):
+    import os
+
+    if config.getoption("--run-slow") or os.environ.get("LMOPS_RUN_SLOW") == "1" or config.getoption("-m"):
+        return  # asked for, or a -m expression chooses the tests itself
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (or LMOPS_RUN_SLOW=1)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

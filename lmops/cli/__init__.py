@@ -34,6 +34,7 @@ VERBS: tuple[str, ...] = (
     "lmops.methods.glan.cli",
     "lmops.methods.hd_eval.cli",
     "lmops.methods.se2.cli",
+    "lmops.methods.domain_rc.cli",
 )
 
 
