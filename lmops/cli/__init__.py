@@ -35,6 +35,7 @@ VERBS: tuple[str, ...] = (
     "lmops.methods.hd_eval.cli",
     "lmops.methods.se2.cli",
     "lmops.methods.domain_rc.cli",
+    "lmops.methods.reason_distill.cli",
     "lmops.methods.trec.cli",
 )
 

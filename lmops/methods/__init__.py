@@ -11,4 +11,5 @@ validated in ``__post_init__``), the algorithm in one or a few modules named for
 - :mod:`lmops.methods.hd_eval`: HD-Eval, LLM evaluators aligned by hierarchical criteria decomposition.
 - :mod:`lmops.methods.domain_rc`: ETRC, domain adaptation through extended-text reading comprehension.
 - :mod:`lmops.methods.trec`: TREC, text diffusion with Reinforced Conditioning.
+- :mod:`lmops.methods.reason_distill`: tailored reasoning distillation from a teacher LLM, in rounds.
 """
