@@ -37,6 +37,7 @@ VERBS: tuple[str, ...] = (
     "lmops.methods.domain_rc.cli",
     "lmops.methods.reason_distill.cli",
     "lmops.methods.trec.cli",
+    "lmops.methods.visionprefer.cli",
 )
 
 

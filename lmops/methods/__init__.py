@@ -12,4 +12,6 @@ validated in ``__post_init__``), the algorithm in one or a few modules named for
 - :mod:`lmops.methods.domain_rc`: ETRC, domain adaptation through extended-text reading comprehension.
 - :mod:`lmops.methods.trec`: TREC, text diffusion with Reinforced Conditioning.
 - :mod:`lmops.methods.reason_distill`: tailored reasoning distillation from a teacher LLM, in rounds.
+- :mod:`lmops.methods.visionprefer`: VisionPrefer, MLLM-annotated image preferences, the VP-Score reward
+  model, and text-to-image alignment (ReFL, Diffusion-DPO, PPO).
 """
