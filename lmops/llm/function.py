@@ -11,6 +11,7 @@ from .protocol import (
     check_generation_args,
     check_loglikelihood_args,
     stop_list,
+    text_content,
 )
 
 __all__ = ["FunctionLLM", "render_chat"]
@@ -19,7 +20,7 @@ __all__ = ["FunctionLLM", "render_chat"]
 def render_chat(conversation: list[Message]) -> str:
     """The plain chat rendering :class:`FunctionLLM` uses by default: one ``role: content`` line per
     message, then ``assistant:``. A choice (a callable has no chat template); pass ``chat_template``."""
-    lines = [f"{m['role']}: {m['content']}" for m in conversation]
+    lines = [f"{m['role']}: {text_content(m)}" for m in conversation]
     return "\n".join(lines + ["assistant:"])
 
 

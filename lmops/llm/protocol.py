@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence, runtime_checkable
 
-__all__ = ["LLM", "Message", "check_conversations", "check_generation_args", "check_loglikelihood_args", "stop_list"]
+__all__ = ["LLM", "Message", "check_conversations", "text_content", "check_generation_args", "check_loglikelihood_args", "stop_list"]
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -93,24 +93,48 @@ def check_generation_args(
     return items
 
 
+def _is_part(part: object) -> bool:
+    """An OpenAI content part: ``{"type": "text", "text": str}`` or ``{"type": "image_url", "image_url":
+    {"url": str, ...}}`` (a URL or a ``data:`` URL)."""
+    if not isinstance(part, dict):
+        return False
+    if part.get("type") == "text":
+        return isinstance(part.get("text"), str)
+    if part.get("type") == "image_url":
+        image = part.get("image_url")
+        return isinstance(image, dict) and isinstance(image.get("url"), str)
+    return False
+
+
 def check_conversations(conversations: object) -> list[list[Message]]:
-    """Validate :meth:`LLM.chat`'s conversations: each a non-empty list of ``{"role", "content"}``."""
+    """Validate :meth:`LLM.chat`'s conversations: each a non-empty list of ``{"role", "content"}``, the
+    content a string or, for backends that take images (an OpenAI-compatible vision endpoint), a list of
+    OpenAI content parts (``{"type": "text", "text"}``, ``{"type": "image_url", "image_url": {"url"}}``)."""
     if not isinstance(conversations, (list, tuple)):
         raise TypeError(f"conversations: expected a list of conversations, got {type(conversations).__name__}")
     for i, conv in enumerate(conversations):
         if not isinstance(conv, (list, tuple)) or not conv:
             raise ValueError(f"conversations[{i}]: expected a non-empty list of messages, got {conv!r}")
         for j, msg in enumerate(conv):
-            if (
-                not isinstance(msg, dict)
-                or msg.get("role") not in ("system", "user", "assistant")
-                or not isinstance(msg.get("content"), str)
-            ):
+            content = msg.get("content") if isinstance(msg, dict) else None
+            ok_content = isinstance(content, str) or (
+                isinstance(content, list) and bool(content) and all(_is_part(p) for p in content)
+            )
+            if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant") or not ok_content:
                 raise ValueError(
-                    f"conversations[{i}][{j}]: expected {{'role': 'system'|'user'|'assistant', 'content': str}}, "
-                    f"got {msg!r}"
+                    f"conversations[{i}][{j}]: expected {{'role': 'system'|'user'|'assistant', 'content': str or "
+                    f"a list of text/image_url parts}}, got {msg!r:.300}"
                 )
     return [list(conv) for conv in conversations]
+
+
+def text_content(message: Message) -> str:
+    """A message's text: the string, or its text parts joined (images shown as ``[image]``), for backends
+    that take text only."""
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(p["text"] if p["type"] == "text" else "[image]" for p in content)
 
 
 def check_loglikelihood_args(contexts: object, continuations: object) -> tuple[list[str], list[str]]:

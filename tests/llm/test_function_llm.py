@@ -78,3 +78,14 @@ def test_bad_conversations_and_pairs():
         llm.loglikelihood(["a"], [""])
     with pytest.raises(TypeError, match="fn: expected a callable"):
         FunctionLLM("not callable")
+
+
+def test_content_parts_are_accepted_and_checked():
+    from lmops.llm import check_conversations
+
+    parts = [{"type": "text", "text": "what is in "}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]
+    llm = FunctionLLM(lambda p, **k: p)
+    assert llm.chat([[{"role": "user", "content": parts}]]) == [["user: what is in [image]\nassistant:"]]
+    for bad in ([], [{"type": "image_url", "image_url": "not a dict"}], [{"type": "audio", "audio": "x"}]):
+        with pytest.raises(ValueError, match="image_url parts"):
+            check_conversations([[{"role": "user", "content": bad}]])

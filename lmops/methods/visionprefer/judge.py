@@ -19,13 +19,12 @@ import inspect
 import json
 import mimetypes
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from ...llm import extract_json
-from ...llm.openai_compat import OpenAICompatible, _chat_text, _choices
+from ...llm.openai_compat import OpenAICompatible
 from .config import ASPECTS
 
 __all__ = [
@@ -308,17 +307,10 @@ class OpenAIVisionJudge(OpenAICompatible):
     def judge_many(
         self, requests: Sequence[JudgeRequest], *, temperature: float = 0.0, n: int = 1, max_new_tokens: int = 512
     ) -> list[list[str]]:
-        """``n`` answers per request, the requests in flight concurrently (up to ``max_concurrency``)."""
-        base = self._sampling(max_new_tokens, temperature, 1.0, [], n)
-
-        def parse(data: Any) -> list[str]:
-            return [_chat_text(c, j) for j, c in enumerate(_choices(data, n, n))]
-
-        def task_for(req: JudgeRequest) -> Callable[[Any, threading.Event], list[str]]:
-            payload = {**base, "messages": self.messages(req.prompt, req.image_paths, req.aspect)}
-            return lambda client, abort: self._post(client, "chat/completions", payload, parse, abort)
-
-        return self._run([task_for(r) for r in requests], f"{self.model} vision judge")
+        """``n`` answers per request, the requests in flight concurrently (up to ``max_concurrency``):
+        :meth:`lmops.llm.OpenAICompatible.chat` with image content parts."""
+        conversations = [self.messages(r.prompt, r.image_paths, r.aspect) for r in requests]
+        return self.chat(conversations, max_new_tokens=max_new_tokens, temperature=temperature, n=n)
 
     def judge(
         self,
