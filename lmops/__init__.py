@@ -11,9 +11,10 @@ The kernels are the separate package :mod:`lmops_kernels`; the command line is :
 """
 
 from .bitnet.layer import BitLinear
+from .engine.loop import generate
 from .mole.layer import MoLELinear
 from .reslora.layer import ResLoRALinear
 
 __version__ = "0.1.0"
 
-__all__ = ["BitLinear", "MoLELinear", "ResLoRALinear", "__version__"]
+__all__ = ["BitLinear", "MoLELinear", "ResLoRALinear", "__version__", "generate"]

@@ -363,7 +363,8 @@ def from_pretrained(
 ) -> nn.Module:
     """Load a BitNet causal LM from a local directory, offline, into lmops ``BitLinear`` layers.
 
-    Reads (a) an lmops directory (:func:`save_pretrained`; packed or training-mode) or (b) a
+    Reads (a) an lmops directory (:func:`save_pretrained`; packed or training-mode; a packed one through
+    :func:`lmops.engine.load_packed`, which never materializes float projection weights) or (b) a
     transformers BitNet checkpoint (``quantization_config.quant_method == "bitnet"``): weights packed in
     transformers' layout, ``uint8 (out/4, in)`` under ``<name>.weight`` with ``<name>.weight_scale``
     (``linear_class="bitlinear"``: ``y = x_q q^T / (s_x * weight_scale)``, so gamma = 1/weight_scale;
@@ -385,6 +386,11 @@ def from_pretrained(
     root = Path(path)
     cfg = read_config_dict(root)
     section = (cfg.pop("lmops", None) or {}).get("bitnet")
+    if isinstance(section, dict) and section.get("packed"):
+        # packed lmops directory: a meta-device skeleton filled straight from the file, no float weights
+        from ..engine.loading import load_packed
+
+        return load_packed(root, dtype=dtype, device=device)
     quant = cfg.pop("quantization_config", None)
     is_hf = isinstance(quant, dict) and quant.get("quant_method") == HF_QUANT_METHOD
     if section is None and not is_hf:

@@ -5,6 +5,7 @@
 - ``lmops convert``  turn a Hugging Face model directory into a BitNet (BitLinear) one, optionally packed
 - ``lmops info``     versions, the native extension, CPU features, and the backend of every op
 - ``lmops serve``    an OpenAI-compatible HTTP server over a local model
+- ``lmops generate`` generate text from a local model with the lmops decode engine, with tokens/s
 
 Each verb is one module of this package with ``add_parser(sub)`` and ``run(args)``; :data:`VERBS`
 lists them, so a method package adds its verb with one line there. Heavy imports (transformers, the
@@ -31,6 +32,7 @@ VERBS: tuple[str, ...] = (
     "lmops.cli.convert",
     "lmops.cli.info",
     "lmops.cli.serve",
+    "lmops.cli.generate",
     "lmops.methods.glan.cli",
     "lmops.methods.hd_eval.cli",
     "lmops.methods.se2.cli",

@@ -3,10 +3,12 @@ including models packed or adapted by lmops (BitNet ``BitLinear``, ResLoRA, MoLE
 ordinary ``transformers`` models.
 
 - **generate / chat**: left-padded batches of ``batch_size`` prompts (sorted by length so a batch pads
-  little), ``model.generate`` with the KV cache, greedy at ``temperature=0`` and nucleus sampling
-  otherwise (no top-k, as the OpenAI API), stop strings checked during decoding and cut after it.
-  Sampling is reproducible: with ``seed`` set, each batch draws from a generator seeded by ``seed``
-  and the batch's own requests, so a rerun (or a different call order) gives the same text.
+  little), on the lmops decode engine (:func:`lmops.generate`: the same greedy tokens as
+  ``model.generate``) for the families it runs, else ``model.generate``; greedy at ``temperature=0``
+  and nucleus sampling otherwise (no top-k, as the OpenAI API), stop strings checked during decoding
+  and cut after it. Sampling is reproducible: with ``seed`` set, each batch draws from a generator
+  seeded by ``seed`` and the batch's own requests, so a rerun (or a different call order) gives the
+  same text.
 - **loglikelihood**: exact and token-aligned, as lm-evaluation-harness computes it: the context and
   the continuation are tokenized together, the continuation's tokens are those past the context's own
   tokenization, and each is scored under the model given everything before it (right-padded batches,
@@ -27,7 +29,14 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .errors import LLMError
-from .protocol import Message, check_conversations, check_generation_args, check_loglikelihood_args, stop_list
+from .protocol import (
+    Message,
+    check_conversations,
+    check_generation_args,
+    check_loglikelihood_args,
+    stop_list,
+    text_content,
+)
 
 __all__ = ["Completion", "HFLocal", "load_local_model"]
 
@@ -163,7 +172,12 @@ class HFLocal:
         return self.prefix_ids + list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def render_chat(self, conversation: list[Message]) -> str:
-        """The prompt for a conversation: ``chat_template`` if given, else the tokenizer's chat template."""
+        """The prompt for a conversation: ``chat_template`` if given, else the tokenizer's chat template.
+        Content given as parts must be text only (this backend takes no images)."""
+        if any(not isinstance(m["content"], str) for m in conversation):
+            if any(p["type"] != "text" for m in conversation if isinstance(m["content"], list) for p in m["content"]):
+                raise NotImplementedError(f"{self.name}: a text-only model; the conversation holds image parts")
+            conversation = [{**m, "content": text_content(m)} for m in conversation]
         if self.chat_template is not None:
             return self.chat_template(conversation)
         if not getattr(self.tokenizer, "chat_template", None):
@@ -270,8 +284,6 @@ class HFLocal:
         top_logprobs: int,
         streamer: Any,
     ) -> list[list[Completion]]:
-        from transformers import GenerationConfig
-
         sample = temperature > 0
         copies = n if sample else 1  # greedy: one decode, repeated n times
         width = max(len(p) for p in prompts)
@@ -281,6 +293,57 @@ class HFLocal:
         for row, p in enumerate(prompts):
             ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
             mask[row, width - len(p):] = 1
+        seed = self._generation_seed(prompts, (max_new_tokens, temperature, top_p, stops, n))
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            run = self._generate_engine if self._use_engine() else self._generate_transformers
+            sequences, step_logits = run(ids.to(device), mask.to(device), max_new_tokens, temperature, top_p, stops,
+                                         copies, streamer)
+        new = sequences[:, width:].cpu()
+        logits = torch.stack(step_logits, dim=1).float() if step_logits else None
+        logp = torch.log_softmax(logits, dim=-1).cpu() if logits is not None else None
+        groups: list[list[Completion]] = []
+        for row, p in enumerate(prompts):
+            group = []
+            for k in range(copies):
+                r = row * copies + k
+                group.append(self._completion(new[r], logp[r] if logp is not None else None, stops, top_logprobs,
+                                              len(p)))
+            groups.append(group * (n // copies))
+        return groups
+
+    def _use_engine(self) -> bool:
+        """Whether generation runs on the lmops decode engine (:mod:`lmops.engine`): a model family it
+        runs (Llama, Mistral, Qwen2, BitNet; dense or BitLinear) whose generation config asks for no
+        logits processor it lacks; otherwise ``model.generate``. Both give the same greedy tokens."""
+        from ..engine import supports, unmirrored_processors
+
+        return supports(self.model) and not unmirrored_processors(self.model)
+
+    def _generate_engine(self, ids, mask, max_new_tokens, temperature, top_p, stops, copies, streamer):
+        """``(sequences, per-step raw logits)`` from :func:`lmops.generate` (rows repeated ``copies`` times)."""
+        from ..engine import generate
+
+        if copies > 1:
+            ids, mask = ids.repeat_interleave(copies, dim=0), mask.repeat_interleave(copies, dim=0)
+        sample = temperature > 0
+        steps: list[torch.Tensor] = []
+        sequences = generate(
+            self.model, ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=sample,
+            temperature=float(temperature) if sample else 1.0, top_p=float(top_p) if sample and top_p < 1 else None,
+            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, streamer=streamer,
+            stopping_criteria=_StopStrings(self.tokenizer, stops, ids.shape[1]) if stops else None,
+            on_step=lambda step, scores, tokens: steps.append(scores),
+        )
+        return sequences, steps
+
+    def _generate_transformers(self, ids, mask, max_new_tokens, temperature, top_p, stops, copies, streamer):
+        """``(sequences, per-step raw logits)`` from ``model.generate``."""
+        from transformers import GenerationConfig
+
+        sample = temperature > 0
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=sample,
@@ -293,32 +356,15 @@ class HFLocal:
             return_dict_in_generate=True,
             output_logits=True,
         )
-        kwargs: dict[str, Any] = dict(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                      generation_config=config)
+        kwargs: dict[str, Any] = dict(input_ids=ids, attention_mask=mask, generation_config=config)
         if stops:
             from transformers import StoppingCriteriaList
 
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, stops, width)])
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, stops, ids.shape[1])])
         if streamer is not None:
             kwargs["streamer"] = streamer
-        seed = self._generation_seed(prompts, (max_new_tokens, temperature, top_p, stops, n))
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            result = self.model.generate(**kwargs)
-        new = result.sequences[:, width:].cpu()
-        logits = torch.stack(result.logits, dim=1).float() if result.logits else None
-        logp = torch.log_softmax(logits, dim=-1).cpu() if logits is not None else None
-        groups: list[list[Completion]] = []
-        for row, p in enumerate(prompts):
-            group = []
-            for k in range(copies):
-                r = row * copies + k
-                group.append(self._completion(new[r], logp[r] if logp is not None else None, stops, top_logprobs,
-                                              len(p)))
-            groups.append(group * (n // copies))
-        return groups
+        result = self.model.generate(**kwargs)
+        return result.sequences, list(result.logits or ())
 
     def _completion(
         self, tokens: torch.Tensor, logp: torch.Tensor | None, stops: list[str], top_logprobs: int, n_prompt: int
