@@ -28,7 +28,6 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import LLMError
 from .protocol import (
     Message,
     check_conversations,
