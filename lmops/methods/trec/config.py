@@ -8,50 +8,18 @@ field's comment says so; everything else is a choice.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+
+from ...common.config import ConfigDict as _Dict
+from ...common.config import check_choice as _choice
+from ...common.config import check_int as _int
+from ...common.config import check_number as _float
 
 __all__ = ["AblationConfig", "DiffusionConfig", "ModelConfig", "SampleConfig", "TrainConfig", "SCHEDULES", "LINEARS", "RC_ACTIONS"]
 
 SCHEDULES = ("sqrt", "cosine", "linear")
 LINEARS = ("linear", "bitlinear")
 RC_ACTIONS = ("argmax", "sample")
-
-
-def _int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-
-
-def _float(name: str, value: object, low: float, high: float | None = None, *, open_low: bool = False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
-    if ok:
-        ok = value > low if open_low else value >= low
-        if high is not None:
-            ok = ok and value <= high
-    if not ok:
-        bound = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-        raise ValueError(f"{name}: expected a number {bound}, got {value!r}")
-
-
-def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
-
-
-class _Dict:
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        if not isinstance(data, dict):
-            raise TypeError(f"data: expected a dict of {cls.__name__} fields, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"data: unknown {cls.__name__} field(s) {unknown}")
-        return cls(**data)
 
 
 @dataclass
