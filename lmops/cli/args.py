@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["EXIT_USAGE", "Fail", "positive_float", "positive_int", "require_transformers"]
+__all__ = [
+    "EXIT_USAGE",
+    "Fail",
+    "fraction",
+    "fraction_below_one",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "require_transformers",
+]
 
 EXIT_USAGE = 2
 
@@ -31,6 +41,34 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def _number(text: str, convert, ok, expected: str):
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, float, lambda v: v >= 0, "a number >= 0")
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1]."""
+    return _number(text, float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def fraction_below_one(text: str) -> float:
+    """A number in [0, 1) (a held-out share, say)."""
+    return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def require_transformers() -> None:

@@ -15,19 +15,15 @@ import json
 import sys
 from pathlib import Path
 
-from ...cli.args import Fail, positive_float, positive_int, require_transformers
+from ...cli.args import (
+    Fail,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    require_transformers,
+)
 
 __all__ = ["add_parser", "add_train_arguments", "run", "run_train"]
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
 
 
 def _similarity(text: str) -> float:
@@ -77,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--completion", action="store_true", help="send a plain prompt instead of a chat message")
     p.add_argument("--retry-failed", action="store_true", help="ask again about documents recorded as failed")
     p.add_argument("--no-cache", action="store_true", help="do not cache the teacher's answers")
-    p.add_argument("--scripted-malformed-rate", type=_nonneg_float, default=0.0,
+    p.add_argument("--scripted-malformed-rate", type=non_negative_float, default=0.0,
                    help="with --llm scripted: the share of documents answered without JSON (for trying the reports)")
     p.set_defaults(func=_run_qa)
 
@@ -102,7 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, help="the training model's tokenizer (a directory or a Hub name)")
     p.add_argument("--context-length", type=positive_int, default=2048)
     p.add_argument("--general", default=None, help='JSONL of {"instruction", "response"} or {"text"}')
-    p.add_argument("--ratio", type=_nonneg_float, default=1.0, help="general tokens per domain token")
+    p.add_argument("--ratio", type=non_negative_float, default=1.0, help="general tokens per domain token")
     p.add_argument("--allow-repeat", action="store_true", help="repeat general examples to reach --ratio")
     p.add_argument("--overlong", choices=("split", "truncate", "drop"), default="split")
     p.add_argument("--seed", type=int, default=0)

@@ -13,31 +13,18 @@ import json
 import sys
 from pathlib import Path
 
-from ...cli.args import Fail, positive_float, positive_int, require_transformers
+from ...cli.args import (
+    Fail,
+    fraction,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    require_transformers,
+)
 
 __all__ = ["add_parser", "run"]
 
 SCRIPTED = "scripted"
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
 
 
 def _backend(spec: str, model: str | None, args: argparse.Namespace, *, concurrency: int):
@@ -240,7 +227,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     r.add_argument("--max-subjects", type=positive_int, default=None, help="use the first N subjects per discipline")
     r.add_argument("--questions-per-syllabus", type=positive_int, default=10,
                    help="questions per syllabus (default 10)")
-    r.add_argument("--harder-fraction", type=_fraction, default=0.5,
+    r.add_argument("--harder-fraction", type=fraction, default=0.5,
                    help="share of two-session questions, the paper's strategy (b) (default 0.5)")
     r.add_argument("--concept-sampling", choices=("combination", "size"), default="combination",
                    help="uniform over concept combinations (default) or over their number first")
@@ -250,9 +237,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="benchmark texts shorter than --ngram words are matched whole from this length (default 8)")
     r.add_argument("--decontaminate-answers", action="store_true", help="also check the answers")
     r.add_argument("--dedupe-subjects", action="store_true", help="drop repeated subject names within a discipline")
-    r.add_argument("--scripted-malformed", type=_fraction, default=0.0,
+    r.add_argument("--scripted-malformed", type=fraction, default=0.0,
                    help="'scripted' only: fraction of malformed structured answers (tests the skip path)")
-    r.add_argument("--scripted-delay", type=_nonneg_float, default=0.0,
+    r.add_argument("--scripted-delay", type=non_negative_float, default=0.0,
                    help="'scripted' only: seconds to sleep per completion")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(glan_func=_run)

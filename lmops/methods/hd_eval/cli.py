@@ -17,21 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-from ...cli.args import Fail, positive_int
+from ...cli.args import Fail, fraction_below_one, positive_int
 
 __all__ = ["add_parser", "run"]
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
 
 
 def _open_llm(spec: str, model_name: str | None, cache: Path | None):
@@ -208,9 +198,9 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-depth", type=positive_int, default=2, help="deepest criteria level (default 2)")
     p.add_argument("--rounds", type=positive_int, default=2, help="fit-and-prune passes (default 2)")
     p.add_argument("--prune", choices=("attribution", "permutation", "none"), default="attribution")
-    p.add_argument("--threshold", type=_fraction, default=0.05,
+    p.add_argument("--threshold", type=fraction_below_one, default=0.05,
                    help="prune below this share of an aggregator's attribution (default 0.05)")
-    p.add_argument("--valid-fraction", type=_fraction, default=0.2, help="held out for the report (default 0.2)")
+    p.add_argument("--valid-fraction", type=fraction_below_one, default=0.2, help="held out for the report (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--round-outputs", action="store_true", help="round predictions to integers")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

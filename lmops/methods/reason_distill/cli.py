@@ -15,7 +15,15 @@ import json
 import sys
 from pathlib import Path
 
-from ...cli.args import Fail, positive_float, positive_int, require_transformers
+from ...cli.args import (
+    Fail,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    require_transformers,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -25,26 +33,6 @@ DEMO_DEFAULTS = {"learning_rate": 3e-3, "epochs": 20, "batch_size": 8, "warmup_s
                  "max_new_tokens": 96}
 OFFICIAL_DEFAULTS = {"learning_rate": 7e-6, "epochs": 10, "batch_size": 2, "warmup_steps": 100, "save_steps": 100,
                      "max_new_tokens": 128}
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
 
 
 def _read_questions(path: str, flag: str):
@@ -63,16 +51,6 @@ def _read_questions(path: str, flag: str):
     if not questions:
         raise Fail(f"{flag}: {path} holds no valid question (expected JSONL with 'question' and 'answer')")
     return questions
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def _task(demos_path: str | None, synthetic: bool):
@@ -268,23 +246,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     r.add_argument("--model", default=None, metavar="NAME", help="the teacher model's name (required with a URL)")
     r.add_argument("--teacher-chat", action="store_true", help="ask the teacher through chat (one user message)")
     r.add_argument("--teacher-samples", type=positive_int, default=2, help="rationales per question asked (default 2)")
-    r.add_argument("--teacher-temperature", type=_nonneg_float, default=0.7)
-    r.add_argument("--retries", type=_nonneg_int, default=2, help="extra attempts for unparsable teacher answers (default 2)")
+    r.add_argument("--teacher-temperature", type=non_negative_float, default=0.7)
+    r.add_argument("--retries", type=non_negative_int, default=2, help="extra attempts for unparsable teacher answers (default 2)")
     r.add_argument("--train", default=None, metavar="FILE", help="training questions, JSONL {id?, question, answer}")
     r.add_argument("--eval", default=None, metavar="FILE", help="held-out questions for the greedy evaluations")
     r.add_argument("--demos", default=None, metavar="FILE",
                    help="few-shot CoT demonstrations, JSONL {question, reasoning, answer} (default: none)")
     r.add_argument("--n-train", type=positive_int, default=64, help="embedded task: training questions (default 64)")
-    r.add_argument("--n-heldout", type=_nonneg_int, default=32, help="embedded task: held-out questions (default 32)")
+    r.add_argument("--n-heldout", type=non_negative_int, default=32, help="embedded task: held-out questions (default 32)")
     r.add_argument("--k", type=positive_int, default=4, help="exam samples per question (official 4)")
-    r.add_argument("--temperature", type=_nonneg_float, default=1.0, help="exam sampling temperature (official 1.0)")
+    r.add_argument("--temperature", type=non_negative_float, default=1.0, help="exam sampling temperature (official 1.0)")
     r.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help="exam and evaluation answer length (official 128; embedded task 96)")
     r.add_argument("--gen-batch-size", type=positive_int, default=16, help="prompts per generation batch")
     r.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (official 7e-6; embedded 3e-3)")
     r.add_argument("--epochs", type=positive_int, default=None, help="epochs per round (official 10; embedded 20)")
     r.add_argument("--batch-size", type=positive_int, default=None, help="items per step (official 2; embedded 8)")
-    r.add_argument("--warmup-steps", type=_nonneg_int, default=None, help="official 100; embedded 20")
+    r.add_argument("--warmup-steps", type=non_negative_int, default=None, help="official 100; embedded 20")
     r.add_argument("--save-steps", type=positive_int, default=None, help="checkpoint interval (steps)")
     r.add_argument("--max-steps", type=positive_int, default=None, help="cap on steps per round")
     r.add_argument("--no-contrastive", action="store_true", help="weighted MLE only (no triplet loss)")
@@ -293,11 +271,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "no-grad prefix KV cache")
     r.add_argument("--round-data", choices=("new", "cumulative"), default="new",
                    help="rounds >= 2 train on their corrections only (new) or on all teacher data so far")
-    r.add_argument("--scripted-malformed", type=_fraction, default=0.1,
+    r.add_argument("--scripted-malformed", type=fraction, default=0.1,
                    help="scripted teacher: share of answers without a final answer (default 0.1)")
-    r.add_argument("--scripted-wrong", type=_fraction, default=0.05,
+    r.add_argument("--scripted-wrong", type=fraction, default=0.05,
                    help="scripted teacher: share of wrong answers (default 0.05)")
-    r.add_argument("--seed", type=_nonneg_int, default=0)
+    r.add_argument("--seed", type=non_negative_int, default=0)
     r.add_argument("--device", default="cpu")
     r.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: 1 for the embedded task's tiny student, else torch's default)")
@@ -312,12 +290,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="JSONL {id?, question, answer}, or synthetic-train / synthetic-heldout (the embedded task)")
     e.add_argument("--demos", default=None, metavar="FILE", help="few-shot demonstrations (as for run)")
     e.add_argument("--k", type=positive_int, default=1, help="samples per question (default 1: greedy)")
-    e.add_argument("--temperature", type=_nonneg_float, default=0.0)
+    e.add_argument("--temperature", type=non_negative_float, default=0.0)
     e.add_argument("--max-new-tokens", type=positive_int, default=128)
     e.add_argument("--gen-batch-size", type=positive_int, default=16)
     e.add_argument("--n-train", type=positive_int, default=64, help="synthetic data: as for run")
-    e.add_argument("--n-heldout", type=_nonneg_int, default=32, help="synthetic data: as for run")
-    e.add_argument("--seed", type=_nonneg_int, default=0)
+    e.add_argument("--n-heldout", type=non_negative_int, default=32, help="synthetic data: as for run")
+    e.add_argument("--seed", type=non_negative_int, default=0)
     e.add_argument("--device", default="cpu")
     e.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (as for run)")
     e.add_argument("--out", default=None, metavar="FILE", help="write each question's output(s) as JSONL")

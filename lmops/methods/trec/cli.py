@@ -12,31 +12,17 @@ import json
 import sys
 from pathlib import Path
 
-from ...cli.args import Fail, positive_float, positive_int
+from ...cli.args import (
+    Fail,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["add_parser", "run"]
 
 EVAL_NAME = "eval.json"
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def _read(path: str, what: str):
@@ -194,26 +180,26 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=2000, help="training steps (default 2000)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="examples per step (default 64)")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="AdamW learning rate (default 2e-3)")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of weights, data order and noise")
-    p.add_argument("--rc-weight", type=_non_negative_float, default=0.0, help="Reinforced Conditioning weight (0 = off)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of weights, data order and noise")
+    p.add_argument("--rc-weight", type=non_negative_float, default=0.0, help="Reinforced Conditioning weight (0 = off)")
     p.add_argument("--rc-clip", type=positive_float, default=0.5, help="advantage clip eps (reward scale 0-1)")
     p.add_argument("--rc-action", choices=("argmax", "sample"), default="argmax")
-    p.add_argument("--tavs-gamma", type=_non_negative_float, default=0.0, help="Time-Aware Variance Scaling (0 = off)")
+    p.add_argument("--tavs-gamma", type=non_negative_float, default=0.0, help="Time-Aware Variance Scaling (0 = off)")
     p.add_argument("--timesteps", type=positive_int, default=2000, help="T")
     p.add_argument("--schedule", choices=("sqrt", "cosine", "linear"), default="sqrt")
     p.add_argument("--embed-dim", type=positive_int, default=16)
     p.add_argument("--hidden-dim", type=positive_int, default=64)
     p.add_argument("--heads", type=positive_int, default=4)
-    p.add_argument("--encoder-layers", type=_non_negative_int, default=1)
+    p.add_argument("--encoder-layers", type=non_negative_int, default=1)
     p.add_argument("--denoiser-layers", type=positive_int, default=2)
     p.add_argument("--target-len", type=positive_int, help="fixed target length (default: the longest target)")
-    p.add_argument("--dropout", type=_non_negative_float, default=0.0)
+    p.add_argument("--dropout", type=non_negative_float, default=0.0)
     p.add_argument("--bitlinear", action="store_true", help="BitNet b1.58 linears (lmops.BitLinear, QAT)")
     p.add_argument("--n-train", type=positive_int, default=4000, help="synthetic task: training pairs")
     p.add_argument("--min-len", type=positive_int, default=3, help="synthetic task: shortest source")
     p.add_argument("--max-len", type=positive_int, default=8, help="synthetic task: longest source")
     p.add_argument("--sample-steps", type=positive_int, default=20, help="DDIM steps of the final evaluation")
-    p.add_argument("--checkpoint-every", type=_non_negative_int, default=0)
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -226,9 +212,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--input", help="JSONL of {'source', 'target'} (BLEU is printed when targets are non-empty)")
     p.add_argument("--output", help="write {'source', 'output'} JSONL here instead of printing")
     p.add_argument("--steps", type=positive_int, default=20, help="DDIM steps (T = all)")
-    p.add_argument("--eta", type=_non_negative_float, default=0.0)
+    p.add_argument("--eta", type=non_negative_float, default=0.0)
     p.add_argument("--clamp", action="store_true", help="snap each x0 estimate to the nearest embedding")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", default="cpu")
     common(p)
     p.set_defaults(trec_func=_sample)

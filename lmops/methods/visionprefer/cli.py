@@ -20,21 +20,11 @@ import json
 import sys
 from pathlib import Path
 
-from ...cli.args import Fail, positive_float, positive_int
+from ...cli.args import Fail, fraction_below_one, positive_float, positive_int
 
 __all__ = ["EXAMPLES", "add_parser", "run"]
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
 
 
 def _records(path: str):
@@ -336,7 +326,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--prompts", type=positive_int, default=320, help="synthetic prompts, 4 images each (default 320)"
     )
     demo.add_argument("--backbone", choices=("clip", "blip"), default="clip", help="tiny backbone built from a config")
-    demo.add_argument("--malformed", type=_fraction, default=0.1, help="share of malformed judge answers (default 0.1)")
+    demo.add_argument("--malformed", type=fraction_below_one, default=0.1, help="share of malformed judge answers (default 0.1)")
     demo.add_argument(
         "--align", choices=("refl", "dpo", "ppo"), default=None, help="also run a tiny alignment with the reward"
     )
@@ -364,7 +354,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     ann.add_argument("--score-max", type=int, default=5)
     ann.add_argument("--retries", type=int, default=2, help="extra attempts for a malformed answer (default 2)")
     ann.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight (HTTP judge)")
-    ann.add_argument("--malformed", type=_fraction, default=0.0, help="scripted judge: share of malformed answers")
+    ann.add_argument("--malformed", type=fraction_below_one, default=0.0, help="scripted judge: share of malformed answers")
     ann.add_argument("--seed", type=int, default=0)
     ann.add_argument("--quiet", action="store_true", help="no progress bar")
     ann.set_defaults(vp_func=run_annotate)
@@ -387,7 +377,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=positive_int, default=10)
     tr.add_argument("--batch-size", type=positive_int, default=32)
     tr.add_argument("--lr", type=positive_float, default=1e-5)
-    tr.add_argument("--valid-fraction", type=_fraction, default=0.1, help="prompts held out for accuracy (default 0.1)")
+    tr.add_argument("--valid-fraction", type=fraction_below_one, default=0.1, help="prompts held out for accuracy (default 0.1)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(vp_func=run_train_score)
