@@ -290,21 +290,24 @@ def sample(model: nn.Module, tok: ByteTokenizer, cfg: DemoConfig) -> str:
     Generated in pieces of at most half the context, each from the last bytes that fit, so no position
     goes beyond the trained context.
     """
+    from ..engine import generate
+
     ids = torch.tensor([tok.encode(cfg.prompt)])
     out = ids
     chunk = max(1, cfg.context // 2)
-    torch.manual_seed(cfg.seed)
+    rng = torch.Generator().manual_seed(cfg.seed)
     while out.shape[1] - ids.shape[1] < cfg.sample_bytes:
         want = min(chunk, cfg.sample_bytes - (out.shape[1] - ids.shape[1]))
         window = out[:, -(cfg.context - want):]
-        new = model.generate(
-            input_ids=window,
-            attention_mask=torch.ones_like(window),
+        new = generate(
+            model,
+            window,
             max_new_tokens=want,
-            min_new_tokens=want,
             do_sample=True,
             top_k=cfg.sample_top_k,
             temperature=cfg.sample_temperature,
+            eos_token_id=[],  # exactly `want` bytes
+            generator=rng,
         )[:, window.shape[1]:]
         out = torch.cat([out, new], dim=1)
     return tok.decode(out[0].tolist())
@@ -312,14 +315,15 @@ def sample(model: nn.Module, tok: ByteTokenizer, cfg: DemoConfig) -> str:
 
 @torch.no_grad()
 def decode_speed(model: nn.Module, prompt_ids: torch.Tensor, cfg: DemoConfig) -> float:
-    """Greedy decode tokens/s of ``model.generate`` (``decode_tokens`` new tokens; best of ``decode_repeats``
-    after one warm-up)."""
-    kwargs = dict(attention_mask=torch.ones_like(prompt_ids), do_sample=False)
-    model.generate(input_ids=prompt_ids, max_new_tokens=min(8, cfg.decode_tokens), **kwargs)
+    """Greedy decode tokens/s of :func:`lmops.generate`, the lmops decode engine (``decode_tokens`` new
+    tokens; best of ``decode_repeats`` after one warm-up)."""
+    from ..engine import generate
+
+    generate(model, prompt_ids, max_new_tokens=min(8, cfg.decode_tokens), eos_token_id=[])
     best = float("inf")
     for _ in range(cfg.decode_repeats):
         t0 = time.perf_counter()
-        model.generate(input_ids=prompt_ids, max_new_tokens=cfg.decode_tokens, min_new_tokens=cfg.decode_tokens, **kwargs)
+        generate(model, prompt_ids, max_new_tokens=cfg.decode_tokens, eos_token_id=[])
         best = min(best, time.perf_counter() - t0)
     return cfg.decode_tokens / best
 
@@ -346,7 +350,7 @@ def _mib(n: int) -> str:
 
 def format_report(r: dict) -> str:
     w = 34
-    decode_label = f"decode tokens/s (generate, {r['decode_tokens']} new)"
+    decode_label = f"decode tokens/s (lmops.generate, {r['decode_tokens']} new)"
     lines = [
         f"{'':{w}}{'float32':>14}{'bfloat16':>14}{'packed (lmops)':>16}",
         f"{'weights of ' + str(r['n_linear']) + ' BitLinear layers':{w}}"
