@@ -1,4 +1,5 @@
-"""lmops kernels: BitNet b1.58 ternary ops and the MoLE gate, with a plain-torch reference and native backends.
+"""lmops kernels: BitNet b1.58 ternary ops, an int8 per-channel linear (output heads) and the MoLE gate,
+with a plain-torch reference and native backends.
 
 Every function here is one ``lmops::`` operator (``torch.ops.lmops.<name>``), validated once by its
 wrapper; torch's dispatcher picks the kernel (:mod:`lmops_kernels.dispatch`; ``LMOPS_BACKEND`` forces a
@@ -9,6 +10,7 @@ from . import _native  # noqa: F401  (loads the extension: C++ schemas and kerne
 from . import ops  # noqa: F401  (schemas where the extension is missing, fake kernels, Python routing)
 from . import backends  # noqa: F401  (the backend table)
 from . import dispatch
+from .int8 import int8_linear, quantize_weight_int8
 from .mole import mole_gate
 from .ternary import (
     from_hf_bitnet,
@@ -25,10 +27,12 @@ dispatch.force_from_environment()
 
 __all__ = [
     "from_hf_bitnet",
+    "int8_linear",
     "mole_gate",
     "pack_ternary",
     "quantize_activation_absmax",
     "quantize_weight_absmean",
+    "quantize_weight_int8",
     "ternary_linear",
     "ternary_matmul_int",
     "to_hf_bitnet",

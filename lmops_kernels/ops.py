@@ -5,7 +5,8 @@ registered (:func:`lmops_kernels.dispatch.route`).
 The native extension defines the schemas in C++ (``csrc/ops.cpp``) and registers its kernels at the
 ``CPU``, ``CUDA`` and ``Autograd`` keys; where it is missing, this module defines the schemas from the
 same file and every call is routed to the reference. The public, validating wrappers are in
-:mod:`lmops_kernels.ternary` and :mod:`lmops_kernels.mole`. Pattern after torchao's ``ops.py``.
+:mod:`lmops_kernels.ternary`, :mod:`lmops_kernels.int8` and :mod:`lmops_kernels.mole`. Pattern after
+torchao's ``ops.py``.
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ def _(x_q, packed, layout="tiled"):
 @torch.library.register_fake("lmops::ternary_linear")
 def _(x, packed, weight_scale, bias=None, layout="tiled"):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+@torch.library.register_fake("lmops::int8_linear")
+def _(x, weight, weight_scale, bias=None):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 @torch.library.register_fake("lmops::convert_layout")

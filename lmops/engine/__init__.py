@@ -30,10 +30,12 @@ Choices:
 Files: ``families.py`` (which models, where their parts are), ``attention.py`` (masks, SDPA/eager
 attention as transformers calls them), ``step.py`` (cache, forward, compile), ``sampling.py``,
 ``loop.py`` (the decode loop, :func:`generate`), ``loading.py`` (packed checkpoints without float
-weights).
+weights), ``head.py`` (the optional int8 output head: ``generate(..., head_dtype="int8")``,
+:func:`quantize_head` / :func:`restore_head`).
 """
 
 from .families import FAMILIES, DecoderPlan, LayerProjections, UnsupportedModelError, build_plan, supported_classes
+from .head import Int8Linear, quantize_head, restore_head
 from .loading import load_packed
 from .loop import GenerationResult, generate, unmirrored_processors
 from .sampling import Sampler
@@ -44,6 +46,7 @@ __all__ = [
     "DecodeEngine",
     "DecoderPlan",
     "GenerationResult",
+    "Int8Linear",
     "LayerProjections",
     "Sampler",
     "StaticKVCache",
@@ -52,6 +55,8 @@ __all__ = [
     "engine_for",
     "generate",
     "load_packed",
+    "quantize_head",
+    "restore_head",
     "supported_classes",
     "supports",
     "unmirrored_processors",

@@ -140,6 +140,7 @@ def generate(
     stopping_criteria: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     compile: bool | dict[str, Any] = False,
+    head_dtype: str | None = None,
     return_dict: bool = False,
 ) -> torch.Tensor | GenerationResult:
     """Generate with the lmops decode engine; greedy output is token-identical to ``model.generate``.
@@ -165,12 +166,17 @@ def generate(
         on_step: ``on_step(step, scores, tokens)`` after each choice: ``scores`` the raw float32 logits
             ``(B, vocab)`` (a fresh tensor the engine does not reuse), ``tokens`` ``(B,)`` the chosen ids.
         compile: ``torch.compile`` the decode step (True, or a dict of ``torch.compile`` options).
+        head_dtype: None (default): the model's own output head; ``"int8"``: an int8 per-channel copy of
+            it (W8A8, :class:`~lmops.engine.head.Int8Linear`; half the bytes of a bf16 head per token),
+            made on first use and kept with the engine; the model is not changed. Greedy output then
+            matches ``model.generate`` after :func:`~lmops.engine.head.quantize_head`, not before.
         return_dict: return a :class:`GenerationResult` (with timings) instead of the ids.
     Returns:
         ``(B, T + n)`` int64: the prompt and ``n <= max_new_tokens`` new tokens per row (fewer when
         every row finished early), as ``model.generate``.
     """
     engine = engine_for(model)
+    engine.select_head(head_dtype)
     device = engine.device
     padding = _check_inputs(input_ids, attention_mask, device)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:

@@ -23,6 +23,7 @@ from torch import nn
 
 from .attention import additive, causal_mask, eager_attention, sdpa_attention, sdpa_gqa_without_mask
 from .families import DecoderPlan, LayerParts, UnsupportedModelError, build_plan
+from .head import head_for
 
 __all__ = ["DecodeEngine", "StaticKVCache", "engine_for"]
 
@@ -65,6 +66,14 @@ class DecodeEngine:
         self._mask_slot = [self.windows.index(p.window) for p in self.plan.layers]
         self._signature = _signature(model, self.plan)
         self._compiled: dict[str, Callable] = {}
+        self._heads: dict = {}
+        self.lm_head: nn.Module = self.plan.lm_head  # what forward calls: select_head
+
+    def select_head(self, head_dtype: str | None) -> None:
+        """Make :meth:`forward` call the model's own output head (``None``) or an int8 per-channel copy
+        of it (``"int8"``: :func:`lmops.engine.head.head_for`; quantized on first use, again when the
+        head's weights change). ``ValueError`` for another value."""
+        self.lm_head = head_for(self.plan.lm_head, head_dtype, self._heads)
 
     # ------------------------------------------------------------------------------------------
     def new_cache(self, batch: int, max_len: int) -> StaticKVCache:
@@ -125,7 +134,7 @@ class DecodeEngine:
         slots = self._mask_slot
         for i, layer in enumerate(p.layers):
             h = self._layer(layer, h, cos, sin, keys[i], values[i], start, masks[slots[i]])
-        return p.lm_head(p.norm(h[:, -1:, :]))
+        return self.lm_head(p.norm(h[:, -1:, :]))
 
     def decode_fn(self, compile: bool | dict[str, Any] = False) -> Callable:
         """:meth:`forward`, or a ``torch.compile`` of it (``compile=True``: inductor, ``fullgraph=True``,

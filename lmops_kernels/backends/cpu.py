@@ -7,6 +7,8 @@ dispatcher falls back to the reference.
 
 from __future__ import annotations
 
+import torch
+
 from .. import _native, dispatch
 
 
@@ -18,3 +20,15 @@ def _native_missing(device: str) -> str | None:
 # table records them (fn None) for the automatic choice, LMOPS_BACKEND and `lmops info`.
 for _op in ("quantize_activation_absmax", "ternary_matmul_int", "ternary_linear", "mole_gate"):
     dispatch.register(_op, "cpu", ("cpu",), unavailable=_native_missing)(None)
+
+
+def _int8_kernel_missing(device: str) -> str | None:
+    # a library built before int8_linear existed loads fine but has no CPU kernel for it
+    reason = _native.missing_reason()
+    if reason is None and not torch._C._dispatch_has_kernel_for_dispatch_key("lmops::int8_linear", "CPU"):
+        reason = (f"the loaded native library {_native.library_path()} predates lmops::int8_linear; rebuild it: "
+                  f"`{_native.REBUILD_COMMAND}`")
+    return reason
+
+
+dispatch.register("int8_linear", "cpu", ("cpu",), unavailable=_int8_kernel_missing)(None)

@@ -39,5 +39,6 @@ def _ref_ternary_linear(
     return ref.ternary_linear(x, packed, weight_scale, bias)
 
 
+dispatch.register("int8_linear", "reference", _ALL_DEVICES)(ref.int8_linear)
 dispatch.register("mole_gate", "reference", _ALL_DEVICES)(ref.mole_gate)
 dispatch.register("convert_layout", "reference", _ALL_DEVICES)(layouts.convert)
