@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .sampling import Sampler
+from .threads import ThreadTuner
 from .step import engine_for
 
 __all__ = ["GenerationResult", "generate", "unmirrored_processors"]
@@ -141,6 +142,7 @@ def generate(
     on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     compile: bool | dict[str, Any] = False,
     head_dtype: str | None = None,
+    threads: int | str | None = None,
     return_dict: bool = False,
 ) -> torch.Tensor | GenerationResult:
     """Generate with the lmops decode engine; greedy output is token-identical to ``model.generate``.
@@ -170,6 +172,10 @@ def generate(
             it (W8A8, :class:`~lmops.engine.head.Int8Linear`; half the bytes of a bf16 head per token),
             made on first use and kept with the engine; the model is not changed. Greedy output then
             matches ``model.generate`` after :func:`~lmops.engine.head.quantize_head`, not before.
+        threads: CPU intra-op threads for this call: None (default) leaves torch's setting; an int sets it
+            for the call; ``"auto"`` chooses among counts up to torch's while decoding, by timing the steps
+            (:class:`~lmops.engine.threads.ThreadTuner`), so a core taken by another process does not stall
+            every GEMV's barrier. torch's setting is restored afterwards. Ignored on GPUs.
         return_dict: return a :class:`GenerationResult` (with timings) instead of the ids.
     Returns:
         ``(B, T + n)`` int64: the prompt and ``n <= max_new_tokens`` new tokens per row (fewer when
@@ -178,6 +184,9 @@ def generate(
     engine = engine_for(model)
     engine.select_head(head_dtype)
     device = engine.device
+    if threads is not None and threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int)
+                                                      or threads < 1):
+        raise ValueError(f"threads: expected None, a positive int or 'auto', got {threads!r}")
     padding = _check_inputs(input_ids, attention_mask, device)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
@@ -219,6 +228,27 @@ def generate(
     unfinished = torch.ones(batch, dtype=torch.long, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" and return_dict else (lambda: None)
 
+    tuner, previous = None, None
+    if device.type == "cpu" and threads == "auto":
+        tuner = ThreadTuner()
+    elif device.type == "cpu" and threads is not None:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    try:
+        return _decode(engine, out, input_ids, positions, next_position, slot_padding, cache, step_fn, sampler,
+                       eos_ids, pad_token_id, unfinished, streamer, on_step, stopping_criteria, sync, tuner,
+                       width, total, device, return_dict)
+    finally:
+        if tuner is not None:
+            tuner.close()
+        if previous is not None:
+            torch.set_num_threads(previous)
+
+
+def _decode(engine, out, input_ids, positions, next_position, slot_padding, cache, step_fn, sampler, eos_ids,
+            pad_token_id, unfinished, streamer, on_step, stopping_criteria, sync, tuner, width, total, device,
+            return_dict):
+    """Prefill, then the decode steps (each timed by ``tuner`` when it is given)."""
     if streamer is not None:
         streamer.put(input_ids.cpu())
     sync()
@@ -248,8 +278,12 @@ def generate(
             t1 = time.perf_counter()
         if cur == total or int(unfinished.max()) == 0:
             break
+        if tuner is not None:
+            tuner.begin()
         logits = step_fn(cache.keys, cache.values, tokens[:, None], next_position, cur - 1,
                          engine.masks(slot_padding, cur - 1, 1))
+        if tuner is not None:
+            tuner.end()
         next_position = next_position + 1
     sync()
     t2 = time.perf_counter()
