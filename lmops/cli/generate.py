@@ -4,7 +4,6 @@ its prefill and decode speed."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .args import Fail, positive_float, positive_int, require_transformers
@@ -25,7 +24,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a local model directory with its tokenizer")
     p.add_argument("--prompt", required=True, help="the text to continue")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most (default 64)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=_threads, default=None,
+                   help="torch threads, or 'auto': chosen while decoding by timing the steps (default: torch's)")
+    p.add_argument("--head-dtype", choices=("model", "int8"), default="model",
+                   help="the output head: the model's own (default) or an int8 per-channel copy (faster)")
     p.add_argument("--dtype", choices=_DTYPES, default="bfloat16",
                    help="dtype of the float tensors (embeddings, norms, head; default bfloat16)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -38,24 +40,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _load(root: Path, dtype):
-    """(model, tokenizer): packed lmops directories through lmops.engine.load_packed, the rest through
-    lmops.llm's loader."""
-    from transformers import AutoTokenizer
-
-    from ..engine import load_packed
-    from ..llm.hf_local import load_local_model
-
-    cfg = json.loads((root / "config.json").read_text(encoding="utf-8"))
-    section = (cfg.get("lmops") or {}).get("bitnet") if isinstance(cfg, dict) else None
-    if isinstance(section, dict) and section.get("packed"):
-        model = load_packed(root, dtype=dtype)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise FileNotFoundError(f"{root}: no tokenizer files ({exc})") from None
-        return model, tokenizer
-    return load_local_model(root, dtype=dtype)
+def _threads(text: str) -> int | str:
+    return "auto" if text == "auto" else positive_int(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,10 +57,13 @@ def run(args: argparse.Namespace) -> int:
         raise Fail(f"--top-p: expected a number in (0, 1], got {args.top_p}")
     if not args.prompt:
         raise Fail("--prompt: expected a non-empty text")
-    if args.threads:
+    if isinstance(args.threads, int):
         torch.set_num_threads(args.threads)
+    from ..llm.hf_local import load_local_model
+
     try:
-        model, tokenizer = _load(root, getattr(torch, args.dtype))
+        # packed lmops directories load through lmops.engine.load_packed: no float projection weights
+        model, tokenizer = load_local_model(root, dtype=getattr(torch, args.dtype))
     except (OSError, ValueError, TypeError) as exc:
         raise Fail(f"MODEL_DIR: {exc}") from None
     ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
@@ -84,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = generate(model, ids, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator,
-                          compile=args.compile, return_dict=True)
+                          compile=args.compile, head_dtype=None if args.head_dtype == "model" else args.head_dtype,
+                          threads="auto" if args.threads == "auto" else None, return_dict=True)
     except UnsupportedModelError as exc:
         raise Fail(str(exc)) from None
     new = result.sequences[0, ids.shape[1]:].tolist()
@@ -94,5 +84,6 @@ def run(args: argparse.Namespace) -> int:
           f"({result.prefill_tokens_per_s:.1f} tok/s, first token included)")
     decoded = max(result.new_tokens - 1, 0)
     print(f"decode: {decoded} tokens in {result.decode_seconds:.3f} s ({result.decode_tokens_per_s:.1f} tok/s), "
-          f"threads={torch.get_num_threads()}, dtype={args.dtype}")
+          f"threads={args.threads if args.threads == 'auto' else torch.get_num_threads()}, dtype={args.dtype}, "
+          f"head={args.head_dtype}")
     return 0

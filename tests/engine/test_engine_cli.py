@@ -85,3 +85,16 @@ def test_user_errors_exit_2(tmp_path, capsys):
     tok.save_pretrained(str(tmp_path / "gpt2"))
     code, _, err = _run(capsys, tmp_path / "gpt2", "--prompt", "x")
     assert code == 2 and "GPT2LMHeadModel" in err and "LlamaForCausalLM" in err
+
+
+def test_threads_auto_and_the_int8_head(tmp_path, capsys):
+    path = _save(tmp_path / "m", True)
+    code, out, _ = _run(capsys, path, "--prompt", PROMPT, "--max-new-tokens", 9, "--threads", "auto")
+    assert code == 0
+    text, stats = out.rsplit("\n\n", 1)
+    assert text == _reference(path, True, 9)  # the thread count never changes the tokens
+    assert "threads=auto" in stats and "head=model" in stats
+    code, out, _ = _run(capsys, path, "--prompt", PROMPT, "--max-new-tokens", 9, "--head-dtype", "int8")
+    assert code == 0 and "head=int8" in out
+    with pytest.raises(SystemExit):
+        main(["generate", str(path), "--prompt", "x", "--threads", "many"])
