@@ -298,18 +298,15 @@ class HFLocal:
             if seed is not None:
                 torch.manual_seed(seed)
             run = self._generate_engine if self._use_engine() else self._generate_transformers
-            sequences, step_logits = run(ids.to(device), mask.to(device), max_new_tokens, temperature, top_p, stops,
-                                         copies, streamer)
+            sequences, scored = run(ids.to(device), mask.to(device), max_new_tokens, temperature, top_p, stops,
+                                    copies, streamer, top_logprobs)
         new = sequences[:, width:].cpu()
-        logits = torch.stack(step_logits, dim=1).float() if step_logits else None
-        logp = torch.log_softmax(logits, dim=-1).cpu() if logits is not None else None
         groups: list[list[Completion]] = []
         for row, p in enumerate(prompts):
             group = []
             for k in range(copies):
                 r = row * copies + k
-                group.append(self._completion(new[r], logp[r] if logp is not None else None, stops, top_logprobs,
-                                              len(p)))
+                group.append(self._completion(new[r], scored.row(r), stops, len(p)))
             groups.append(group * (n // copies))
         return groups
 
@@ -321,25 +318,27 @@ class HFLocal:
 
         return supports(self.model) and not unmirrored_processors(self.model)
 
-    def _generate_engine(self, ids, mask, max_new_tokens, temperature, top_p, stops, copies, streamer):
-        """``(sequences, per-step raw logits)`` from :func:`lmops.generate` (rows repeated ``copies`` times)."""
+    def _generate_engine(self, ids, mask, max_new_tokens, temperature, top_p, stops, copies, streamer, top_logprobs):
+        """``(sequences, _StepScores)`` from :func:`lmops.generate` (rows repeated ``copies`` times); each
+        step's logits are reduced to log-probabilities as they come, never kept vocabulary-wide."""
         from ..engine import generate
 
         if copies > 1:
             ids, mask = ids.repeat_interleave(copies, dim=0), mask.repeat_interleave(copies, dim=0)
         sample = temperature > 0
-        steps: list[torch.Tensor] = []
+        scored = _StepScores(top_logprobs)
         sequences = generate(
             self.model, ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=sample,
             temperature=float(temperature) if sample else 1.0, top_p=float(top_p) if sample and top_p < 1 else None,
             eos_token_id=self.eos_ids, pad_token_id=self.pad_id, streamer=streamer,
             stopping_criteria=_StopStrings(self.tokenizer, stops, ids.shape[1]) if stops else None,
-            on_step=lambda step, scores, tokens: steps.append(scores),
+            on_step=lambda step, scores, tokens: scored.add(scores, tokens),
         )
-        return sequences, steps
+        return sequences, scored
 
-    def _generate_transformers(self, ids, mask, max_new_tokens, temperature, top_p, stops, copies, streamer):
-        """``(sequences, per-step raw logits)`` from ``model.generate``."""
+    def _generate_transformers(self, ids, mask, max_new_tokens, temperature, top_p, stops, copies, streamer,
+                               top_logprobs):
+        """``(sequences, _StepScores)`` from ``model.generate``."""
         from transformers import GenerationConfig
 
         sample = temperature > 0
@@ -363,10 +362,15 @@ class HFLocal:
         if streamer is not None:
             kwargs["streamer"] = streamer
         result = self.model.generate(**kwargs)
-        return result.sequences, list(result.logits or ())
+        scored = _StepScores(top_logprobs)
+        width = ids.shape[1]
+        for step, logits in enumerate(result.logits or ()):
+            scored.add(logits, result.sequences[:, width + step])
+        return result.sequences, scored
 
     def _completion(
-        self, tokens: torch.Tensor, logp: torch.Tensor | None, stops: list[str], top_logprobs: int, n_prompt: int
+        self, tokens: torch.Tensor, scored: tuple[list[float], list[list[tuple[int, float]]]], stops: list[str],
+        n_prompt: int,
     ) -> Completion:
         kept: list[int] = []
         reason = "length"
@@ -385,17 +389,8 @@ class HFLocal:
             while keep < len(kept) and len(self.tokenizer.decode(kept[: keep + 1], skip_special_tokens=True)) <= cut:
                 keep += 1
             kept = kept[:keep]
-        lps: list[float] = []
-        tops: list[list[tuple[int, float]]] = []
-        if logp is not None:
-            for pos, t in enumerate(kept):
-                lps.append(float(logp[pos, t]))
-                if top_logprobs:
-                    values, indices = logp[pos].topk(top_logprobs)
-                    tops.append([(int(i), float(v)) for i, v in zip(indices, values)])
-                else:
-                    tops.append([])
-        return Completion(text, kept, lps, tops, reason, n_prompt)
+        lps, tops = scored
+        return Completion(text, kept, lps[: len(kept)], tops[: len(kept)], reason, n_prompt)
 
     # ------------------------------------------------------------------------------------------
     def _pair_tokens(self, context: str, continuation: str) -> tuple[list[int], int]:
@@ -468,6 +463,31 @@ class HFLocal:
                     values.tops = [[]] + [[(int(a), float(b)) for a, b in zip(kk, vv)] for kk, vv in zip(k, v)]
                 results[i] = values
         return results
+
+
+class _StepScores:
+    """Per decoding step, the log-probability of each row's chosen token and its ``top_logprobs`` best
+    alternatives under the raw distribution (float32 log-softmax), computed as each step's logits arrive
+    so that no ``(steps, batch, vocab)`` tensor is ever held."""
+
+    def __init__(self, top_logprobs: int) -> None:
+        self.top_logprobs = top_logprobs
+        self.chosen: list[torch.Tensor] = []  # (B,) per step
+        self.top: list[tuple[torch.Tensor, torch.Tensor]] = []  # ((B, k) values, (B, k) ids) per step
+
+    def add(self, logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        self.chosen.append(logp.gather(1, tokens.to(logp.device).long()[:, None])[:, 0].cpu())
+        if self.top_logprobs:
+            values, ids = logp.topk(self.top_logprobs, dim=-1)
+            self.top.append((values.cpu(), ids.cpu()))
+
+    def row(self, r: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
+        """Row ``r``'s per-step log-probabilities and top alternatives (empty lists without ``top_logprobs``)."""
+        lps = [float(step[r]) for step in self.chosen]
+        if not self.top_logprobs:
+            return lps, [[] for _ in lps]
+        return lps, [[(int(i), float(v)) for v, i in zip(values[r], ids[r])] for values, ids in self.top]
 
 
 class _StopStrings:

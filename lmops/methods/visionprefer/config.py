@@ -7,9 +7,11 @@ hyper-parameters, PPO/DPO hyper-parameters) are unconfirmed (see the package doc
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from ...common.config import check_int as _int
+from ...common.config import check_number as _float
 
 __all__ = [
     "ASPECTS",
@@ -35,26 +37,6 @@ def default_weights() -> dict[str, float]:
     """Equal weights over :data:`ASPECTS` for the aggregated preference (a choice: how the paper combines
     the four aspect scores into one label is unconfirmed)."""
     return {a: 1.0 for a in ASPECTS}
-
-
-def _int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-
-
-def _float(
-    name: str, value: object, low: float, high: float | None = None, *, open_low: bool = False, open_high: bool = False
-) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if ok:
-        ok = value > low if open_low else value >= low
-        if high is not None:
-            ok = ok and (value < high if open_high else value <= high)
-    if not ok:
-        bound = f"{'>' if open_low else '>='} {low}"
-        if high is not None:
-            bound += f" and {'<' if open_high else '<='} {high}"
-        raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
 
 
 def _bool(name: str, value: object) -> None:
