@@ -13,6 +13,7 @@
 
 #include "../packing.h"
 #include "gemm_args.h"
+#include "quant_args.h"
 
 namespace lmops {
 namespace cpu {
@@ -24,7 +25,7 @@ constexpr int64_t kRowChunk = 64;  // rows of activations kept hot in L2 while a
 bool cpu_has(const char* feature) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (!std::strcmp(feature, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!std::strcmp(feature, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   if (!std::strcmp(feature, "avx512vnni"))
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
@@ -40,13 +41,31 @@ inline float to_float(T v) { return static_cast<float>(v); }
 // s = (1 / max(max|x|, 1e-5)) * Qp; q = clamp(nearbyint(x * s)) (round half to even). A row holding a
 // non-finite value gets s = NaN and q = 0. `ldq` >= K; the padding columns are zero.
 template <typename T>
-void quantize_rows(const T* x, int64_t M, int64_t K, int64_t ldq, int bits, int8_t* q, float* scale,
+constexpr int quant_src() {
+  if constexpr (std::is_same_v<T, float>) return static_cast<int>(QuantSrc::F32);
+  else if constexpr (std::is_same_v<T, c10::BFloat16>) return static_cast<int>(QuantSrc::BF16);
+  else if constexpr (std::is_same_v<T, c10::Half>) return static_cast<int>(QuantSrc::F16);
+  else return -1;  // no vector path (float64)
+}
+
+template <typename T>
+void quantize_rows(Isa isa, const T* x, int64_t M, int64_t K, int64_t ldq, int bits, int8_t* q, float* scale,
                    int32_t* rowsum) {
   const float qp = static_cast<float>((1 << (bits - 1)) - 1);
   const float qn = -static_cast<float>(1 << (bits - 1));
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1));
+  constexpr int src = quant_src<T>();
+  // The vector quantizer computes the same float32 expressions; the scalar loop stays the path of
+  // isa="scalar" (and of float64), so both are tested against the reference.
+  static const bool has_avx2 = isa_supported(Isa::Avx2);
+  const bool vec = src >= 0 && isa != Isa::Scalar && has_avx2;
   at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
+      if (vec) {
+        quantize_row_avx2(x + m * K, static_cast<QuantSrc>(src), K, ldq, qp, qn, q + m * ldq, scale + m,
+                          rowsum ? rowsum + m : nullptr);
+        continue;
+      }
       const T* xr = x + m * K;
       int8_t* qr = q + m * ldq;
       float amax = 0.f;
@@ -139,7 +158,7 @@ void linear_impl(Isa isa, const at::Tensor& x, const at::Tensor& packed, float g
   const at::Tensor acc = at::empty({M, N}, x.options().dtype(at::kInt));
   std::vector<float> s(M);
   std::vector<int32_t> rowsum(M);
-  quantize_rows<T>(x.data_ptr<T>(), M, K, ldq, 8, xq.data_ptr<int8_t>(), s.data(), rowsum.data());
+  quantize_rows<T>(isa, x.data_ptr<T>(), M, K, ldq, 8, xq.data_ptr<int8_t>(), s.data(), rowsum.data());
   std::vector<float> r(M);
   for (int64_t m = 0; m < M; ++m) r[m] = gamma / s[m];
   T* yp = y.data_ptr<T>();
@@ -206,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_activation_absmax(const at::Tensor& 
   at::Tensor q = at::empty({M, K}, x.options().dtype(at::kChar));
   at::Tensor s = at::empty({M, 1}, x.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "quantize_activation_absmax", [&] {
-    quantize_rows<scalar_t>(x.data_ptr<scalar_t>(), M, K, K, static_cast<int>(bits), q.data_ptr<int8_t>(),
+    quantize_rows<scalar_t>(current_isa(), x.data_ptr<scalar_t>(), M, K, K, static_cast<int>(bits), q.data_ptr<int8_t>(),
                             s.data_ptr<float>(), nullptr);
   });
   return {q, s};

@@ -233,3 +233,32 @@ def test_activation_errors():
     for bits in (1, 9, 8.0):
         with pytest.raises(ValueError, match=r"^bits: expected an int in 2..8"):
             lk.quantize_activation_absmax(x, bits)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512vnni"])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_activation_absmax_each_isa_equals_reference(use_backend, native_required, isa, dtype):
+    """The vector quantizer (every ISA but scalar) and the scalar loop give the reference's bytes: odd
+    widths (partial vectors), ties, tiny rows and a row with a NaN in its partial tail."""
+    if isa != "scalar" and not _native.cpu_features().get(isa, False):
+        pytest.skip(f"this CPU does not support {isa}")
+    use_backend("cpu")
+    before = _native.cpu_isa()
+    _native.set_cpu_isa(isa)
+    try:
+        gen = torch.Generator().manual_seed(7)
+        for k in (1, 7, 8, 9, 33, 2048, 5633):
+            x = random_activations((5, k), dtype, gen)
+            x[2] = x[2] * 1e-7  # below the 1e-5 floor
+            x[3, 0] = 127.0
+            x[3, 1:] = torch.tensor([0.5, 1.5, 2.5, -0.5])[torch.arange(k - 1) % 4] if k > 1 else x[3, 1:]
+            if k > 8:
+                x[4, k - 1] = float("nan")
+            for bits in (8, 4):
+                q, s = lk.quantize_activation_absmax(x, bits)
+                q_ref, s_ref = ref.quantize_activation_absmax(x, bits)
+                assert torch.equal(q, q_ref), (k, bits)
+                assert torch.equal(s, s_ref) or (k > 8 and torch.equal(s[:4], s_ref[:4]) and s[4].isnan().all()
+                                                 and s_ref[4].isnan().all())
+    finally:
+        _native.set_cpu_isa(before)

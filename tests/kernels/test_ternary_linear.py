@@ -98,9 +98,11 @@ def test_matmul_int_exact_random_shapes(cpu_impl, m, k, n, seed):
 
 @pytest.mark.parametrize("xv", [-128, 127])
 @pytest.mark.parametrize("qv", [-1, 1])
-def test_matmul_int_extreme_values(cpu_impl, xv, qv):
-    """Largest partial sums (|x| = 128 against all +-1 over K = 4000): no int16 saturation anywhere."""
-    m, k, n = 5, 4000, 19
+@pytest.mark.parametrize("m,k", [(5, 4000), (1, 40003), (2, 40003)])
+def test_matmul_int_extreme_values(cpu_impl, xv, qv, m, k):
+    """Largest partial sums (|x| = 128 against all +-1): no int16 saturation (AVX2) and no int32
+    overflow of the decode path's per-bit-pair accumulators (which hold 64 x their share)."""
+    n = 19
     x = torch.full((m, k), xv, dtype=torch.int8)
     packed = lk.pack_ternary(torch.full((n, k), qv, dtype=torch.int8))
     got = lk.ternary_matmul_int(x, packed)
