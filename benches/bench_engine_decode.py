@@ -5,7 +5,10 @@ Providers, all greedy on the same weights:
 - ``bf16``: the plain transformers model in bfloat16 through ``model.generate`` (the baseline);
 - ``lmops-hf``: every projection a packed lmops ``BitLinear``, through ``model.generate``;
 - ``lmops-engine``: the same packed model through ``lmops.generate`` (eager decode step);
-- ``lmops-compiled``: the same with ``compile=True`` (the decode step under ``torch.compile``).
+- ``lmops-compiled``: the same with ``compile=True`` (the decode step under ``torch.compile``);
+- ``lmops-bf16gemv``: compiled, the same bf16 head through lmops's bf16 GEMV (``head_dtype="bf16"``:
+  still a 16-bit head, as bitnet.cpp's f16 head);
+- ``lmops-int8head``: compiled, an int8 per-channel head (``head_dtype="int8"``).
 
 Run: ``python -m pytest benches/bench_engine_decode.py --benchmark-only -s`` (several minutes on 2 cores,
 the compiled provider's first call compiles; ``LMOPS_E2E_LAYERS=2`` for a quick look). The summary
@@ -42,8 +45,10 @@ NEW_TOKENS = 32
 PROMPT = 128
 DECODE_PROMPT = 8
 ROUNDS = 3
-PROVIDERS = ("bf16", "lmops-hf", "lmops-engine", "lmops-compiled")
-_COMPILE = {"lmops-engine": False, "lmops-compiled": True}
+PROVIDERS = ("bf16", "lmops-hf", "lmops-engine", "lmops-compiled", "lmops-bf16gemv", "lmops-int8head")
+# engine providers: (compile, head_dtype)
+_ENGINE = {"lmops-engine": (False, None), "lmops-compiled": (True, None), "lmops-bf16gemv": (True, "bf16"),
+           "lmops-int8head": (True, "int8")}
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +64,9 @@ def models():
     return {"cfg": cfg, "bf16": bf16, "packed": packed, "prompt": prompt}
 
 
-def _engine_seconds(model, prompt, n: int, compile: bool) -> float:
+def _engine_seconds(model, prompt, n: int, compile: bool, head_dtype: str | None) -> float:
     t0 = time.perf_counter()
-    lmops.generate(model, prompt, max_new_tokens=n, eos_token_id=[], compile=compile)
+    lmops.generate(model, prompt, max_new_tokens=n, eos_token_id=[], compile=compile, head_dtype=head_dtype)
     return time.perf_counter() - t0
 
 
@@ -69,9 +74,9 @@ def decode_rate(models, provider: str, n: int = NEW_TOKENS) -> float:
     prompt = models["prompt"][:, :DECODE_PROMPT]
     if provider in ("bf16", "lmops-hf"):
         return decode_tokens_per_s(models["bf16" if provider == "bf16" else "packed"], prompt, n)
-    compile = _COMPILE[provider]
-    full = _engine_seconds(models["packed"], prompt, n + 1, compile)
-    return n / max(full - _engine_seconds(models["packed"], prompt, 1, compile), 1e-9)
+    compile, head = _ENGINE[provider]
+    full = _engine_seconds(models["packed"], prompt, n + 1, compile, head)
+    return n / max(full - _engine_seconds(models["packed"], prompt, 1, compile, head), 1e-9)
 
 
 def prefill_rate(models, provider: str) -> float:
@@ -129,6 +134,18 @@ def token_split(models, reps: int = 7) -> dict[str, float]:
     def head():
         plan.lm_head(plan.norm(x))
 
+    engine.select_head("bf16")
+    bf16_head = engine.lm_head
+    engine.select_head("int8")
+    int8_head = engine.lm_head
+    engine.select_head(None)
+
+    def head_bf16gemv():
+        bf16_head(plan.norm(x))
+
+    def head_int8():
+        int8_head(plan.norm(x))
+
     def attention():
         for i, p in enumerate(plan.layers):
             sdpa_attention(q, cache.keys[i][:, :, :length], cache.values[i][:, :, :length], None, p.n_rep,
@@ -137,7 +154,8 @@ def token_split(models, reps: int = 7) -> dict[str, float]:
     def step():
         engine.forward(cache.keys, cache.values, token, position, length - 1, [None] * len(engine.windows))
 
-    parts = {"projections": projections, "head": head, "attention": attention, "step": step}
+    parts = {"projections": projections, "head": head, "attention": attention, "step": step,
+             "head_bf16gemv": head_bf16gemv, "head_int8": head_int8}
     times: dict[str, list[float]] = {k: [] for k in parts}
     for fn in parts.values():
         fn()  # warm-up
@@ -181,14 +199,18 @@ def test_summary(benchmark, models, capsys):
         + "  (lmops-compiled prefills as lmops-engine: only decode is compiled)",
     ]
     step = split.pop("step")
+    alt_heads = {k: split.pop(k) for k in ("head_bf16gemv", "head_int8")}
     measured = sum(split.values())
     parts = "  ".join(f"{k} {v * 1e3:.2f}" for k, v in split.items())
     lines.append(f"per-token split, ms (each part timed alone, median of 7; rest = total - parts): {parts}")
+    lines.append(f"  other heads: bf16 GEMV {alt_heads['head_bf16gemv'] * 1e3:.2f}, int8 {alt_heads['head_int8'] * 1e3:.2f}")
     lines.append(f"  one eager engine step timed alone: {step * 1e3:.2f}, rest {(step - measured) * 1e3:.2f}")
+    head_of = {"lmops-bf16gemv": "head_bf16gemv", "lmops-int8head": "head_int8"}
     for p in PROVIDERS:
         total = 1.0 / med[p]
+        parts_p = measured - split["head"] + alt_heads[head_of[p]] if p in head_of else measured
         note = "  (its projections and head are bf16 F.linear, not these)" if p == "bf16" else ""
-        lines.append(f"  {p}: total {total * 1e3:.2f}  rest {(total - measured) * 1e3:.2f}{note}")
+        lines.append(f"  {p}: total {total * 1e3:.2f}  rest {(total - parts_p) * 1e3:.2f}{note}")
     lines.append(f"peak RSS of the process (both models built): {peak_rss_bytes() / 2**30:.2f} GiB")
     with capsys.disabled():
         print("\n" + "\n".join(lines))

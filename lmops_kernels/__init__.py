@@ -1,4 +1,4 @@
-"""lmops kernels: BitNet b1.58 ternary ops, an int8 per-channel linear (output heads) and the MoLE gate,
+"""lmops kernels: BitNet b1.58 ternary ops, int8 per-channel and bf16 linears (output heads) and the MoLE gate,
 with a plain-torch reference and native backends.
 
 Every function here is one ``lmops::`` operator (``torch.ops.lmops.<name>``), validated once by its
@@ -10,6 +10,7 @@ from . import _native  # noqa: F401  (loads the extension: C++ schemas and kerne
 from . import ops  # noqa: F401  (schemas where the extension is missing, fake kernels, Python routing)
 from . import backends  # noqa: F401  (the backend table)
 from . import dispatch
+from .bf16 import bf16_linear
 from .int8 import int8_linear, quantize_weight_int8
 from .mole import mole_gate
 from .ternary import (
@@ -26,6 +27,7 @@ from .ternary import (
 dispatch.force_from_environment()
 
 __all__ = [
+    "bf16_linear",
     "from_hf_bitnet",
     "int8_linear",
     "mole_gate",

@@ -103,6 +103,11 @@ def _(x, weight, weight_scale, bias=None):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+@torch.library.register_fake("lmops::bf16_linear")
+def _(x, weight, bias=None):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
 @torch.library.register_fake("lmops::convert_layout")
 def _(packed, src, dst):
     return torch.empty_like(packed, memory_format=torch.contiguous_format)

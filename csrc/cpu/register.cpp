@@ -5,6 +5,7 @@
 
 #include "../mole_weights.h"
 #include "../packing.h"
+#include "bf16_gemv.h"
 #include "int8_gemv.h"
 #include "mole.h"
 #include "ternary.h"
@@ -37,6 +38,10 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   return lmops::cpu::int8_linear(x.contiguous(), weight.contiguous(), weight_scale, bias, current_isa());
 }
 
+at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  return lmops::cpu::bf16_linear(x.contiguous(), weight.contiguous(), bias, current_isa());
+}
+
 // x (T, K): the public wrapper flattens the leading dimensions. The weight-only tensors come from the
 // cache of mole_weights.h.
 std::tuple<at::Tensor, at::Tensor> mole_gate(const at::Tensor& x, const at::Tensor& lora_A, const at::Tensor& lora_B,
@@ -53,6 +58,7 @@ std::tuple<at::Tensor, at::Tensor> mole_gate(const at::Tensor& x, const at::Tens
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lmops, CPU, m) {
+  m.impl("bf16_linear", &bf16_linear);
   m.impl("int8_linear", &int8_linear);
   m.impl("mole_gate", &mole_gate);
   m.impl("quantize_activation_absmax", &quantize_activation_absmax);

@@ -26,8 +26,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most (default 64)")
     p.add_argument("--threads", type=_threads, default=None,
                    help="torch threads, or 'auto': chosen while decoding by timing the steps (default: torch's)")
-    p.add_argument("--head-dtype", choices=("model", "int8"), default="model",
-                   help="the output head: the model's own (default) or an int8 per-channel copy (faster)")
+    p.add_argument("--head-dtype", choices=("model", "bf16", "int8"), default="model",
+                   help="the output head: the model's own through torch (default), the same 16-bit head through "
+                        "lmops's bf16 GEMV (faster), or an int8 per-channel copy (fastest)")
     p.add_argument("--dtype", choices=_DTYPES, default="bfloat16",
                    help="dtype of the float tensors (embeddings, norms, head; default bfloat16)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")

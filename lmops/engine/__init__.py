@@ -30,12 +30,13 @@ Choices:
 Files: ``families.py`` (which models, where their parts are), ``attention.py`` (masks, SDPA/eager
 attention as transformers calls them), ``step.py`` (cache, forward, compile), ``sampling.py``,
 ``loop.py`` (the decode loop, :func:`generate`), ``loading.py`` (packed checkpoints without float
-weights), ``head.py`` (the optional int8 output head: ``generate(..., head_dtype="int8")``,
-:func:`quantize_head` / :func:`restore_head`).
+weights), ``head.py`` (optional output heads: ``generate(..., head_dtype="bf16")``, the model's 16-bit head
+through lmops's bf16 GEMV; ``head_dtype="int8"``, an int8 per-channel copy; :func:`quantize_head` /
+:func:`restore_head`).
 """
 
 from .families import FAMILIES, DecoderPlan, LayerProjections, UnsupportedModelError, build_plan, supported_classes
-from .head import Int8Linear, quantize_head, restore_head
+from .head import Bf16Head, Int8Linear, quantize_head, restore_head
 from .loading import load_packed
 from .loop import GenerationResult, generate, unmirrored_processors
 from .sampling import Sampler
@@ -43,6 +44,7 @@ from .step import DecodeEngine, StaticKVCache, engine_for
 
 __all__ = [
     "FAMILIES",
+    "Bf16Head",
     "DecodeEngine",
     "DecoderPlan",
     "GenerationResult",

@@ -1,4 +1,5 @@
-"""The output head in int8: :class:`Int8Linear`, and the functions that put one in a model's place.
+"""The output head in int8 (:class:`Int8Linear`) or through lmops's bf16 GEMV (:class:`Bf16Head`), and
+the functions that put one in a model's place.
 
 The bf16 output head of a 32000-token, 2048-wide model reads 125 MiB per decoded token, more than all
 of a BitNet model's ternary projections together; int8 weights with per-output-channel scales halve
@@ -7,6 +8,11 @@ figures compare fairly); an int8 head is asked for in one of two ways:
 
 - ``lmops.generate(model, ids, ..., head_dtype="int8")``: the engine calls an int8 copy of the head
   (quantized once, kept with the engine, redone when the head's weights change); the model is unchanged.
+- ``lmops.generate(model, ids, ..., head_dtype="bf16")``: still a 16-bit head (the comparison with
+  bitnet.cpp's f16 head stays fair), computed by :func:`lmops_kernels.bf16.bf16_linear` (float32
+  accumulation) instead of torch's ``F.linear``, which streams a bf16 head at about two thirds of the
+  memory bandwidth on the project's CPUs. A bf16 model's own weight is used as is; a float32 head gets a
+  bf16 copy (half the bytes).
 - ``quantize_head(model)``: swaps ``model.lm_head`` for an :class:`Int8Linear` in place, so that every
   path (``model(...)``, ``model.generate``, ``lmops.generate``, a loss evaluation) uses it;
   ``restore_head(model)`` puts the original back.
@@ -24,12 +30,37 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmops_kernels.bf16 import bf16_linear
 from lmops_kernels.int8 import int8_linear, quantize_weight_int8
 
-__all__ = ["HEAD_DTYPES", "Int8Linear", "head_for", "quantize_head", "restore_head"]
+__all__ = ["HEAD_DTYPES", "Bf16Head", "Int8Linear", "head_for", "quantize_head", "restore_head"]
 
-#: the values ``head_dtype`` takes: None (the model's own head) or "int8"
-HEAD_DTYPES = (None, "int8")
+#: the values ``head_dtype`` takes: None (the model's own head), "bf16" or "int8"
+HEAD_DTYPES = (None, "bf16", "int8")
+
+
+class Bf16Head(nn.Module):
+    """An ``nn.Linear``'s forward through :func:`~lmops_kernels.bf16.bf16_linear` (inference only).
+
+    ``weight``: ``(out_features, in_features)`` bfloat16, the linear's own weight tensor when it is
+    bfloat16 already (no copy), else a bfloat16 copy; ``bias``: the linear's bias or None. Forward:
+    ``x (..., in_features)`` float32|bfloat16|float16 -> ``(..., out_features)`` in ``x``'s dtype.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        weight = linear.weight.detach()
+        self.weight = weight if weight.dtype == torch.bfloat16 else weight.to(torch.bfloat16)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bf16_linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, bf16 GEMV"
 
 
 class Int8Linear(nn.Module):
@@ -118,7 +149,7 @@ def _head(model: nn.Module) -> nn.Module:
 
 def _check_head_dtype(head_dtype: Any) -> None:
     if head_dtype not in HEAD_DTYPES:
-        raise ValueError(f"head_dtype: expected None (the model's own head) or 'int8', got {head_dtype!r}")
+        raise ValueError(f"head_dtype: expected None (the model's own head), 'bf16' or 'int8', got {head_dtype!r}")
 
 
 def quantize_head(model: nn.Module, head_dtype: str = "int8", *, keep_original: bool = True) -> Int8Linear:
@@ -154,16 +185,19 @@ def restore_head(model: nn.Module) -> nn.Module:
 
 
 def head_for(lm_head: nn.Module, head_dtype: str | None, cache: dict) -> nn.Module:
-    """The module the engine calls as the output head: ``lm_head`` itself (``head_dtype=None``, or a
-    head that is an :class:`Int8Linear` already), or an int8 copy of it kept in ``cache`` and made again
-    when ``lm_head``'s weight or bias changed (another tensor, or an in-place write)."""
+    """The module the engine calls as the output head: ``lm_head`` itself (``head_dtype=None``, or an
+    ``"int8"`` request for a head that is an :class:`Int8Linear` already), or a :class:`Bf16Head` /
+    int8 copy of it kept in ``cache`` and made again when ``lm_head``'s weight or bias changed (another
+    tensor, or an in-place write)."""
     _check_head_dtype(head_dtype)
     if head_dtype is None or isinstance(lm_head, Int8Linear):
         return lm_head
     if not isinstance(lm_head, nn.Linear):
-        raise TypeError(f"head_dtype='int8': the model's lm_head must be an nn.Linear, got {type(lm_head).__name__}")
+        raise TypeError(f"head_dtype={head_dtype!r}: the model's lm_head must be an nn.Linear, "
+                        f"got {type(lm_head).__name__}")
     key = tuple((id(t), t._version, t.data_ptr()) for t in (lm_head.weight, lm_head.bias) if t is not None)
-    hit = cache.get("int8")
+    hit = cache.get(head_dtype)
     if hit is None or hit[0] != key:
-        hit = cache["int8"] = (key, Int8Linear.from_linear(lm_head))
+        made = Bf16Head(lm_head) if head_dtype == "bf16" else Int8Linear.from_linear(lm_head)
+        hit = cache[head_dtype] = (key, made)
     return hit[1]

@@ -168,9 +168,12 @@ def generate(
         on_step: ``on_step(step, scores, tokens)`` after each choice: ``scores`` the raw float32 logits
             ``(B, vocab)`` (a fresh tensor the engine does not reuse), ``tokens`` ``(B,)`` the chosen ids.
         compile: ``torch.compile`` the decode step (True, or a dict of ``torch.compile`` options).
-        head_dtype: None (default): the model's own output head; ``"int8"``: an int8 per-channel copy of
-            it (W8A8, :class:`~lmops.engine.head.Int8Linear`; half the bytes of a bf16 head per token),
-            made on first use and kept with the engine; the model is not changed. Greedy output then
+        head_dtype: None (default): the model's own output head; ``"bf16"``: the same head computed by
+            lmops's bf16 GEMV (:class:`~lmops.engine.head.Bf16Head`: float32 accumulation, the model's bf16
+            weight as is, a bf16 copy of a float32 one; logits within float32 summation-order rounding of
+            the model's own bf16 head); ``"int8"``: an int8 per-channel copy of it (W8A8,
+            :class:`~lmops.engine.head.Int8Linear`; half the bytes of a bf16 head per token). Copies are
+            made on first use and kept with the engine; the model is not changed. Greedy int8 output
             matches ``model.generate`` after :func:`~lmops.engine.head.quantize_head`, not before.
         threads: CPU intra-op threads for this call: None (default) leaves torch's setting; an int sets it
             for the call; ``"auto"`` chooses among counts up to torch's while decoding, by timing the steps

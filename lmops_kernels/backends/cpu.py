@@ -22,13 +22,17 @@ for _op in ("quantize_activation_absmax", "ternary_matmul_int", "ternary_linear"
     dispatch.register(_op, "cpu", ("cpu",), unavailable=_native_missing)(None)
 
 
-def _int8_kernel_missing(device: str) -> str | None:
-    # a library built before int8_linear existed loads fine but has no CPU kernel for it
-    reason = _native.missing_reason()
-    if reason is None and not torch._C._dispatch_has_kernel_for_dispatch_key("lmops::int8_linear", "CPU"):
-        reason = (f"the loaded native library {_native.library_path()} predates lmops::int8_linear; rebuild it: "
-                  f"`{_native.REBUILD_COMMAND}`")
-    return reason
+def _kernel_missing(op: str):
+    def unavailable(device: str) -> str | None:
+        # a library built before the op existed loads fine but has no CPU kernel for it
+        reason = _native.missing_reason()
+        if reason is None and not torch._C._dispatch_has_kernel_for_dispatch_key(f"lmops::{op}", "CPU"):
+            reason = (f"the loaded native library {_native.library_path()} predates lmops::{op}; rebuild it: "
+                      f"`{_native.REBUILD_COMMAND}`")
+        return reason
+
+    return unavailable
 
 
-dispatch.register("int8_linear", "cpu", ("cpu",), unavailable=_int8_kernel_missing)(None)
+for _op in ("int8_linear", "bf16_linear"):
+    dispatch.register(_op, "cpu", ("cpu",), unavailable=_kernel_missing(_op))(None)

@@ -40,5 +40,6 @@ def _ref_ternary_linear(
 
 
 dispatch.register("int8_linear", "reference", _ALL_DEVICES)(ref.int8_linear)
+dispatch.register("bf16_linear", "reference", _ALL_DEVICES)(ref.bf16_linear)
 dispatch.register("mole_gate", "reference", _ALL_DEVICES)(ref.mole_gate)
 dispatch.register("convert_layout", "reference", _ALL_DEVICES)(layouts.convert)

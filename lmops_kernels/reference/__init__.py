@@ -1,5 +1,6 @@
 """Plain-torch reference implementations: the specification of every lmops op."""
 
+from .bf16 import bf16_linear
 from .int8 import int8_linear, int8_matmul_int, quantize_weight_int8
 from .mole import mole_gate
 from .packing import from_hf_bitnet, pack_ternary, packed_shape, to_hf_bitnet, unpack_ternary
@@ -11,6 +12,7 @@ from .ternary import (
 )
 
 __all__ = [
+    "bf16_linear",
     "from_hf_bitnet",
     "int8_linear",
     "int8_matmul_int",

@@ -126,8 +126,8 @@ def test_quantize_and_restore_head():
 def test_head_errors():
     model = family_model("llama")
     ids = random_ids(1, 4, seed=13)
-    for bad in ("bf16", "int4", 8):
-        with pytest.raises(ValueError, match=r"^head_dtype: expected None \(the model's own head\) or 'int8'"):
+    for bad in ("fp8", "int4", 8):
+        with pytest.raises(ValueError, match=r"^head_dtype: expected None \(the model's own head\), 'bf16' or 'int8'"):
             generate(model, ids, max_new_tokens=2, head_dtype=bad)
     with pytest.raises(ValueError, match=r"^head_dtype: expected 'int8', got 'int4'"):
         quantize_head(model, "int4")
