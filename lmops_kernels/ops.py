@@ -98,6 +98,11 @@ def _(x, packed, weight_scale, bias=None, layout="tiled"):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
+@torch.library.register_fake("lmops::ternary_linear_multi")
+def _(x, packed, weight_scale, bias, layout="tiled"):
+    return [x.new_empty((*x.shape[:-1], p.shape[0])) for p in packed]
+
+
 @torch.library.register_fake("lmops::int8_linear")
 def _(x, weight, weight_scale, bias=None):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))

@@ -242,6 +242,53 @@ def ternary_linear(
     return _ternary_linear_entry(x, packed, weight_scale, bias, layout)
 
 
+_ternary_linear_multi_op = torch.ops.lmops.ternary_linear_multi.default
+_ternary_linear_multi_entry = _ternary_linear_multi_op._op
+
+
+def ternary_linear_multi(
+    x: torch.Tensor,
+    packed: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    weight_scale: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    bias: list[torch.Tensor | None] | tuple[torch.Tensor | None, ...] | None = None,
+    *,
+    layout: str = "tiled",
+) -> list[torch.Tensor]:
+    """:func:`ternary_linear` of one ``x`` against several weight matrices (a layer's q/k/v, or its
+    gate/up), with ``x`` quantized once and, on CPU, one parallel region over all the matrices' weight
+    bytes. Inference only (no gradient).
+
+    Args:
+        x: ``(..., K)`` float32|bfloat16|float16.
+        packed, weight_scale: sequences of equal, non-zero length; each pair as in :func:`ternary_linear`
+            (``packed[i]`` ``(N_i, 4 * ceil(K / 16))`` uint8 in layout ``layout``, ``weight_scale[i]``
+            one-element floating).
+        bias: None, or a sequence of the same length of ``(N_i,)`` floating tensors or None.
+        layout: every ``packed[i]``'s byte order.
+    Returns:
+        A list of ``(..., N_i)`` tensors in ``x``'s dtype, each equal bit for bit to
+        ``ternary_linear(x, packed[i], weight_scale[i], bias[i], layout=layout)`` on the same backend.
+    """
+    if not isinstance(packed, (list, tuple)) or not isinstance(weight_scale, (list, tuple)):
+        raise TypeError(f"packed, weight_scale: expected lists of tensors, got {type(packed).__name__} and "
+                        f"{type(weight_scale).__name__}")
+    if bias is not None and not isinstance(bias, (list, tuple)):
+        raise TypeError(f"bias: expected None or a list of tensors/None, got {type(bias).__name__}")
+    n = len(packed)
+    if n == 0 or len(weight_scale) != n or (bias is not None and len(bias) != n):
+        raise ValueError(f"packed, weight_scale, bias: expected equal, non-zero lengths, got {n}, {len(weight_scale)}"
+                         + ("" if bias is None else f", {len(bias)}"))
+    biases = list(bias) if bias is not None else [None] * n
+    for p, s, b in zip(packed, weight_scale, biases):
+        _check_ternary_linear(x, p, s, b, layout)
+    if torch.is_grad_enabled() and (x.requires_grad or any(b is not None and b.requires_grad for b in biases)):
+        raise RuntimeError("ternary_linear_multi is inference-only (no gradient): call it under torch.no_grad(), "
+                           "or call ternary_linear per matrix")
+    if _compiling():
+        return _ternary_linear_multi_op(x, list(packed), list(weight_scale), biases, layout)
+    return _ternary_linear_multi_entry(x, list(packed), list(weight_scale), biases, layout)
+
+
 # ----------------------------------------------------------------------------------------------
 # backward: straight-through estimator through the activation quantizer
 # ----------------------------------------------------------------------------------------------

@@ -33,6 +33,14 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const a
                                     current_isa());
 }
 
+std::vector<at::Tensor> ternary_linear_multi(const at::Tensor& x, at::TensorList packed, at::TensorList weight_scale,
+                                             const c10::List<std::optional<at::Tensor>>& bias, c10::string_view layout) {
+  std::vector<at::Tensor> tiled;
+  for (const at::Tensor& p : packed) tiled.push_back(lmops::as_tiled(p, layout).contiguous());
+  std::vector<std::optional<at::Tensor>> b(bias.begin(), bias.end());
+  return lmops::cpu::ternary_linear_multi(x.contiguous(), tiled, weight_scale.vec(), b, current_isa());
+}
+
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
                        const std::optional<at::Tensor>& bias) {
   return lmops::cpu::int8_linear(x.contiguous(), weight.contiguous(), weight_scale, bias, current_isa());
@@ -64,4 +72,5 @@ TORCH_LIBRARY_IMPL(lmops, CPU, m) {
   m.impl("quantize_activation_absmax", &quantize_activation_absmax);
   m.impl("ternary_matmul_int", &ternary_matmul_int);
   m.impl("ternary_linear", &ternary_linear);
+  m.impl("ternary_linear_multi", &ternary_linear_multi);
 }

@@ -112,65 +112,91 @@ GemmFn gemm_for(Isa isa) {
   }
 }
 
-// Runs C = xq @ q^T over all rows, threaded over n-blocks; `epilogue(m0, m1, n0, n1)` is called by
-// the thread that produced that rectangle, while it is still in cache.
+// One weight matrix of a (possibly grouped) GEMM: its packed codes, its width and its int32 output (M, N).
+struct GemmJob {
+  const at::Tensor* packed;
+  int64_t N;
+  int32_t* out;
+};
+
+// Runs C_i = xq @ q_i^T for every job over all rows, threaded over n-blocks of all jobs at once (one
+// parallel region for q/k/v or gate/up: one wake-up of the pool, and the threads split the matrices'
+// weight bytes evenly whatever their sizes); `epilogue(i, m0, m1, n0, n1)` is called by the thread that
+// produced that rectangle of job i, while it is still in cache.
 template <typename Epilogue>
-void run_gemm(Isa isa, const int8_t* xq, int64_t M, int64_t ldq, const int32_t* rowsum, const at::Tensor& packed,
-              int64_t N, int32_t* out, Epilogue&& epilogue) {
+void run_gemm(Isa isa, const int8_t* xq, int64_t M, int64_t ldq, const int32_t* rowsum, const std::vector<GemmJob>& jobs,
+              Epilogue&& epilogue) {
   const int64_t KB = ldq / 16;
-  const int64_t n_full = N / 8;
-  const int64_t NB = (N + 7) / 8;
-  std::vector<uint8_t> tail;
-  const uint8_t* p = packed.data_ptr<uint8_t>();
-  if (NB > n_full) {
-    // Widen the last partial block to 8 columns once, so the kernels never read past the tensor.
-    const int64_t width = N - 8 * n_full;
-    tail.assign(32 * KB, 0x55);
-    const uint8_t* src = p + n_full * 32 * KB;
-    for (int64_t kb = 0; kb < KB; ++kb) std::memcpy(tail.data() + kb * 32, src + kb * 4 * width, 4 * width);
+  const size_t J = jobs.size();
+  std::vector<std::vector<uint8_t>> tails(J);
+  std::vector<GemmArgs> args;
+  std::vector<int64_t> first_unit(J + 1, 0);
+  args.reserve(J);
+  for (size_t i = 0; i < J; ++i) {
+    const int64_t N = jobs[i].N, n_full = N / 8, NB = (N + 7) / 8;
+    const uint8_t* p = jobs[i].packed->data_ptr<uint8_t>();
+    if (NB > n_full) {
+      // Widen the last partial block to 8 columns once, so the kernels never read past the tensor.
+      const int64_t width = N - 8 * n_full;
+      tails[i].assign(32 * KB, 0x55);
+      const uint8_t* src = p + n_full * 32 * KB;
+      for (int64_t kb = 0; kb < KB; ++kb) std::memcpy(tails[i].data() + kb * 32, src + kb * 4 * width, 4 * width);
+    }
+    args.push_back(GemmArgs{xq, ldq, rowsum, p, tails[i].empty() ? nullptr : tails[i].data(), N, KB, jobs[i].out, N});
+    // Pairs of n-blocks are the unit of work; a thread streams its share of the weights once per
+    // chunk of kRowChunk rows, which stay in L2 meanwhile.
+    first_unit[i + 1] = first_unit[i] + (NB + 1) / 2;
   }
-  GemmArgs a{xq, ldq, rowsum, p, tail.empty() ? nullptr : tail.data(), N, KB, out, N};
   const GemmFn fn = gemm_for(isa);
-  // Pairs of n-blocks are the unit of work; a thread streams its share of the weights once per
-  // chunk of kRowChunk rows, which stay in L2 meanwhile.
-  const int64_t units = (NB + 1) / 2;
   // A unit is 16 columns x K x M multiply-adds; below ~256K of them per thread, waking a second
   // thread costs more than it saves (and much more when the cores are shared).
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, 16 * ldq * M));
-  at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
-    const int64_t nb0 = 2 * u0, nb1 = std::min(NB, 2 * u1);
-    for (int64_t m0 = 0; m0 < M; m0 += kRowChunk) {
-      const int64_t m1 = std::min(M, m0 + kRowChunk);
-      fn(a, m0, m1, nb0, nb1);
-      epilogue(m0, m1, nb0 * 8, std::min(N, nb1 * 8));
+  at::parallel_for(0, first_unit[J], grain, [&](int64_t u0, int64_t u1) {
+    for (size_t i = 0; i < J; ++i) {
+      const int64_t lo = std::max(u0, first_unit[i]), hi = std::min(u1, first_unit[i + 1]);
+      if (lo >= hi) continue;
+      const int64_t N = jobs[i].N, NB = (N + 7) / 8;
+      const int64_t nb0 = 2 * (lo - first_unit[i]), nb1 = std::min(NB, 2 * (hi - first_unit[i]));
+      for (int64_t m0 = 0; m0 < M; m0 += kRowChunk) {
+        const int64_t m1 = std::min(M, m0 + kRowChunk);
+        fn(args[i], m0, m1, nb0, nb1);
+        epilogue(i, m0, m1, nb0 * 8, std::min(N, nb1 * 8));
+      }
     }
   });
 }
 
+// y_i = (Q(x) @ q_i^T) * (gamma_i / s_x) (+ bias_i) for every i, with x quantized once.
 template <typename T>
-void linear_impl(Isa isa, const at::Tensor& x, const at::Tensor& packed, float gamma, const at::Tensor* bias,
-                 at::Tensor& y) {
-  const int64_t K = x.size(-1), M = x.numel() / K, N = packed.size(0);
+void linear_impl(Isa isa, const at::Tensor& x, const std::vector<at::Tensor>& packed, const std::vector<float>& gamma,
+                 const std::vector<const at::Tensor*>& bias, std::vector<at::Tensor>& y) {
+  const int64_t K = x.size(-1), M = x.numel() / K;
   const int64_t ldq = 16 * ((K + 15) / 16);
+  const size_t J = packed.size();
   // Scratch buffers are left uninitialized: quantize_rows writes every byte of xq (padding included)
   // and the GEMM every accumulator, so zero-filling them would only add memory traffic per call.
   const at::Tensor xq = at::empty({M, ldq}, x.options().dtype(at::kChar));
-  const at::Tensor acc = at::empty({M, N}, x.options().dtype(at::kInt));
+  std::vector<at::Tensor> acc(J), b32(J);
+  std::vector<GemmJob> jobs(J);
+  for (size_t i = 0; i < J; ++i) {
+    const int64_t N = packed[i].size(0);
+    acc[i] = at::empty({M, N}, x.options().dtype(at::kInt));
+    jobs[i] = GemmJob{&packed[i], N, acc[i].data_ptr<int32_t>()};
+    if (bias[i]) b32[i] = bias[i]->to(at::kFloat).contiguous();
+  }
   std::vector<float> s(M);
   std::vector<int32_t> rowsum(M);
   quantize_rows<T>(isa, x.data_ptr<T>(), M, K, ldq, 8, xq.data_ptr<int8_t>(), s.data(), rowsum.data());
-  std::vector<float> r(M);
-  for (int64_t m = 0; m < M; ++m) r[m] = gamma / s[m];
-  T* yp = y.data_ptr<T>();
-  int32_t* ap = acc.data_ptr<int32_t>();
-  const at::Tensor b32 = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  const float* bp = b32.defined() ? b32.data_ptr<float>() : nullptr;
-  run_gemm(isa, xq.data_ptr<int8_t>(), M, ldq, rowsum.data(), packed, N, ap,
-           [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  run_gemm(isa, xq.data_ptr<int8_t>(), M, ldq, rowsum.data(), jobs,
+           [&](size_t i, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+             const int64_t N = jobs[i].N;
+             const int32_t* ap = jobs[i].out;
+             T* yp = y[i].data_ptr<T>();
+             const float* bp = b32[i].defined() ? b32[i].data_ptr<float>() : nullptr;
              for (int64_t m = m0; m < m1; ++m) {
                const int32_t* am = ap + m * N;
                T* ym = yp + m * N;
-               const float rm = r[m];
+               const float rm = gamma[i] / s[m];
                if (bp) {
                  for (int64_t n = n0; n < n1; ++n) ym[n] = static_cast<T>(static_cast<float>(am[n]) * rm + bp[n]);
                } else {
@@ -259,31 +285,58 @@ at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, I
   }
   at::Tensor out = at::empty({M, N}, xc.options().dtype(at::kInt));
   if (M == 0 || N == 0) return out;
-  run_gemm(isa, xq.data(), M, ldq, rowsum.data(), packed, N, out.data_ptr<int32_t>(),
-           [](int64_t, int64_t, int64_t, int64_t) {});
+  run_gemm(isa, xq.data(), M, ldq, rowsum.data(), {GemmJob{&packed, N, out.data_ptr<int32_t>()}},
+           [](size_t, int64_t, int64_t, int64_t, int64_t) {});
   return out;
 }
 
-at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
-                          const c10::optional<at::Tensor>& bias, Isa isa) {
+std::vector<at::Tensor> ternary_linear_multi(const at::Tensor& x, const std::vector<at::Tensor>& packed,
+                                             const std::vector<at::Tensor>& weight_scale,
+                                             const std::vector<c10::optional<at::Tensor>>& bias, Isa isa) {
   TORCH_CHECK(x.dim() >= 1 && x.is_contiguous(), "x: expected a contiguous tensor (..., in_features)");
+  TORCH_CHECK_VALUE(!packed.empty() && weight_scale.size() == packed.size() &&
+                        (bias.empty() || bias.size() == packed.size()),
+                    "packed, weight_scale, bias: expected equal, non-zero lengths (bias may be empty), got ",
+                    packed.size(), ", ", weight_scale.size(), ", ", bias.size());
   const int64_t K = x.size(-1);
-  check_packed(packed, K);
-  const int64_t M = K ? x.numel() / K : 0, N = packed.size(0);
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = N;
-  at::Tensor y = at::empty(out_shape, x.options());
-  if (M == 0 || N == 0) return y;
-  const float gamma = weight_scale.to(at::kFloat).item<float>();
-  const at::Tensor* b = (bias && bias->defined()) ? &*bias : nullptr;
+  const int64_t M = K ? x.numel() / K : 0;
+  std::vector<at::Tensor> ys;
+  std::vector<float> gamma;
+  std::vector<const at::Tensor*> b;
+  for (size_t i = 0; i < packed.size(); ++i) {
+    check_packed(packed[i], K);
+    std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+    out_shape.back() = packed[i].size(0);
+    ys.push_back(at::empty(out_shape, x.options()));
+    gamma.push_back(weight_scale[i].to(at::kFloat).item<float>());
+    b.push_back(!bias.empty() && bias[i] && bias[i]->defined() ? &*bias[i] : nullptr);
+  }
+  if (M == 0) return ys;
+  // zero-width matrices take no part (their outputs are empty already)
+  std::vector<at::Tensor> p2, y2;
+  std::vector<float> g2;
+  std::vector<const at::Tensor*> b2;
+  for (size_t i = 0; i < packed.size(); ++i) {
+    if (packed[i].size(0) == 0) continue;
+    p2.push_back(packed[i]);
+    y2.push_back(ys[i]);
+    g2.push_back(gamma[i]);
+    b2.push_back(b[i]);
+  }
+  if (p2.empty()) return ys;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "ternary_linear", [&] {
     if constexpr (std::is_same_v<scalar_t, double>) {
       TORCH_CHECK_TYPE(false, "x: float64 is not supported by the CPU kernel");
     } else {
-      linear_impl<scalar_t>(isa, x, packed, gamma, b, y);
+      linear_impl<scalar_t>(isa, x, p2, g2, b2, y2);
     }
   });
-  return y;
+  return ys;
+}
+
+at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
+                          const c10::optional<at::Tensor>& bias, Isa isa) {
+  return ternary_linear_multi(x, {packed}, {weight_scale}, {bias}, isa)[0];
 }
 
 }  // namespace cpu

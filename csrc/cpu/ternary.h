@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <string>
 #include <tuple>
+#include <vector>
 
 namespace lmops {
 namespace cpu {
@@ -28,6 +29,12 @@ at::Tensor ternary_matmul_int(const at::Tensor& x_q, const at::Tensor& packed, I
 // x: (..., K) contiguous float32|bfloat16|float16; weight_scale: one float; bias: (N,) or undefined -> (..., N), x's dtype.
 at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& weight_scale,
                           const c10::optional<at::Tensor>& bias, Isa isa);
+
+// The same for several weight matrices over one x (q/k/v, gate/up): x is quantized once and one parallel
+// region covers all of them. bias: empty, or one entry (possibly none) per matrix.
+std::vector<at::Tensor> ternary_linear_multi(const at::Tensor& x, const std::vector<at::Tensor>& packed,
+                                             const std::vector<at::Tensor>& weight_scale,
+                                             const std::vector<c10::optional<at::Tensor>>& bias, Isa isa);
 
 }  // namespace cpu
 }  // namespace lmops

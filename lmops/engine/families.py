@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmops_kernels.ternary import ternary_linear_multi
+
 __all__ = [
     "FAMILIES",
     "DecoderPlan",
@@ -86,12 +88,32 @@ def supported_classes() -> tuple[str, ...]:
     return tuple(_BY_CLASS)
 
 
+def _fusable(mods: tuple[nn.Module, ...]) -> bool:
+    """True when ``mods`` are plain packed lmops ``BitLinear`` layers (no input norm, no hooks, no adapter
+    around them) over one input width and one weight layout, on the CPU: then one
+    :func:`~lmops_kernels.ternary.ternary_linear_multi` call gives each one's forward, bit for bit."""
+    from lmops.bitnet.layer import BitLinear  # a late import: lmops.bitnet imports the engine's loader
+
+    first = mods[0]
+    for m in mods:
+        if (type(m) is not BitLinear or not m.is_packed or m.rms_norm is not None or m._forward_hooks
+                or m._forward_pre_hooks or m.in_features != first.in_features
+                or m.weight_layout != first.weight_layout or m.weight_packed.device.type != "cpu"):
+            return False
+    return True
+
+
 class LayerProjections:
-    """The projection calls of one decoder layer, in one place: the seam where fused kernels (one
-    packed q/k/v GEMV, one gate/up GEMV sharing an activation quantization) replace the per-matrix
-    calls later. Each call takes ``x: (B, T, in_features)`` and returns ``(B, T, out_features)`` in the
-    model's float dtype; the modules are the model's own (``nn.Linear``, lmops ``BitLinear`` packed or
-    not, or an adapter wrapping either)."""
+    """The projection calls of one decoder layer, in one place. Each call takes ``x: (B, T, in_features)``
+    and returns ``(B, T, out_features)`` in the model's float dtype; the modules are the model's own
+    (``nn.Linear``, lmops ``BitLinear`` packed or not, or an adapter wrapping either).
+
+    Where q/k/v (and gate/up) are plain packed ``BitLinear`` layers on the CPU, each group is one
+    :func:`~lmops_kernels.ternary.ternary_linear_multi` call: the input is quantized once and one
+    parallel region streams the group's weights (the per-call costs of three GEMVs paid once; outputs
+    identical to the separate calls). Whether a group fuses is checked on every call (cheap attribute
+    reads), so layers packed, wrapped or hooked after the engine was built are called as they are now.
+    """
 
     __slots__ = ("down", "gate", "k", "o", "q", "up", "v")
 
@@ -99,13 +121,26 @@ class LayerProjections:
         self.q, self.k, self.v, self.o = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
         self.gate, self.up, self.down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
 
+    @staticmethod
+    def _multi(mods: tuple[nn.Module, ...], x: torch.Tensor) -> list[torch.Tensor]:
+        return ternary_linear_multi(x, [m.weight_packed for m in mods], [m.weight_scale for m in mods],
+                                    [m.bias for m in mods], layout=mods[0].weight_layout)
+
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mods = (self.q, self.k, self.v)
+        if _fusable(mods) and x.shape[-1] == self.q.in_features and not torch.is_grad_enabled():
+            q, k, v = self._multi(mods, x)
+            return q, k, v
         return self.q(x), self.k(x), self.v(x)
 
     def out(self, x: torch.Tensor) -> torch.Tensor:
         return self.o(x)
 
     def gate_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mods = (self.gate, self.up)
+        if _fusable(mods) and x.shape[-1] == self.gate.in_features and not torch.is_grad_enabled():
+            gate, up = self._multi(mods, x)
+            return gate, up
         return self.gate(x), self.up(x)
 
     def mlp_down(self, x: torch.Tensor) -> torch.Tensor:

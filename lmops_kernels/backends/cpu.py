@@ -34,5 +34,5 @@ def _kernel_missing(op: str):
     return unavailable
 
 
-for _op in ("int8_linear", "bf16_linear"):
+for _op in ("int8_linear", "bf16_linear", "ternary_linear_multi"):
     dispatch.register(_op, "cpu", ("cpu",), unavailable=_kernel_missing(_op))(None)

@@ -40,6 +40,14 @@ def _ref_ternary_linear(
 
 
 dispatch.register("int8_linear", "reference", _ALL_DEVICES)(ref.int8_linear)
+
+
+@dispatch.register("ternary_linear_multi", "reference", _ALL_DEVICES)
+def _ternary_linear_multi(x, packed, weight_scale, bias, layout="tiled"):
+    # one ternary_linear per matrix, each dispatched as usual (so on GPUs to their own kernels)
+    return [torch.ops.lmops.ternary_linear(x, p, s, b, layout) for p, s, b in zip(packed, weight_scale, bias)]
+
+
 dispatch.register("bf16_linear", "reference", _ALL_DEVICES)(ref.bf16_linear)
 dispatch.register("mole_gate", "reference", _ALL_DEVICES)(ref.mole_gate)
 dispatch.register("convert_layout", "reference", _ALL_DEVICES)(layouts.convert)

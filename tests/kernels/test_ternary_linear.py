@@ -444,3 +444,80 @@ def test_matmul_int_boundary_errors():
         lk.ternary_matmul_int(torch.ones(1, 2, 33, dtype=torch.int8), packed)
     with pytest.raises(ValueError, match=r"^packed: expected shape \(9, 4\)"):
         lk.ternary_matmul_int(torch.ones(2, 16, dtype=torch.int8), packed)
+
+
+# ---------------------------------------------------------------------------------------------
+# ternary_linear_multi: several matrices over one x, equal to one ternary_linear each
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 130])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_linear_multi_equals_one_call_each(cpu_impl, m, dtype):
+    gen = torch.Generator().manual_seed(m)
+    k = 100 + m  # odd widths: a partial k-block
+    ns = (33, 8, 1, 64, 517)  # partial n-blocks, a single column, sizes far apart
+    qs = [torch.randint(-1, 2, (n, k), dtype=torch.int8, generator=gen) for n in ns]
+    packed = [lk.pack_ternary(q) for q in qs]
+    scales = [torch.rand(1, generator=gen) + 0.1 for _ in ns]
+    biases = [None, torch.randn(8, generator=gen), None, torch.randn(64, generator=gen).to(dtype), None]
+    x = random_activations((m, k), dtype, gen)
+    with torch.no_grad():
+        ys = lk.ternary_linear_multi(x, packed, scales, biases)
+        assert len(ys) == len(ns)
+        for y, p, s, b in zip(ys, packed, scales, biases):
+            assert torch.equal(y, lk.ternary_linear(x, p, s, b))
+        # no bias list; 3-D x; two threads
+        x3 = random_activations((2, m, k), dtype, gen)
+        before = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            ys = lk.ternary_linear_multi(x3, packed[:3], scales[:3])
+        finally:
+            torch.set_num_threads(before)
+        for y, p, s in zip(ys, packed, scales):
+            assert y.shape == (2, m, p.shape[0]) and torch.equal(y, lk.ternary_linear(x3, p, s))
+
+
+def test_linear_multi_errors():
+    x = torch.randn(2, 33)
+    p = lk.pack_ternary(torch.ones(5, 33, dtype=torch.int8))
+    s = torch.ones(1)
+    cases = [
+        ((x, p, [s]), TypeError, r"^packed, weight_scale: expected lists of tensors"),
+        ((x, [p], [s], p), TypeError, r"^bias: expected None or a list"),
+        ((x, [], []), ValueError, r"^packed, weight_scale, bias: expected equal, non-zero lengths, got 0, 0"),
+        ((x, [p, p], [s]), ValueError, r"expected equal, non-zero lengths, got 2, 1"),
+        ((x, [p], [s], [None, None]), ValueError, r"expected equal, non-zero lengths, got 1, 1, 2"),
+        ((x, [p, p[:, :4]], [s, s]), ValueError, r"^packed: expected shape"),
+        ((x, [p], [torch.ones(2)]), ValueError, r"^weight_scale: expected a one-element floating tensor"),
+    ]
+    for args, exc, pattern in cases:
+        with pytest.raises(exc, match=pattern):
+            lk.ternary_linear_multi(*args)
+    with pytest.raises(RuntimeError, match=r"inference-only"):
+        lk.ternary_linear_multi(x.clone().requires_grad_(), [p], [s])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_linear_multi_opcheck(use_backend, native_required, backend):
+    use_backend(backend)
+    gen = torch.Generator().manual_seed(0)
+    packed = [lk.pack_ternary(torch.randint(-1, 2, (n, 37), dtype=torch.int8, generator=gen)) for n in (9, 16)]
+    scales = [torch.rand(1, generator=gen) + 0.1 for _ in packed]
+    x = torch.randn(2, 3, 37, generator=gen).bfloat16()
+    torch.library.opcheck(torch.ops.lmops.ternary_linear_multi.default, (x, packed, scales, [None, torch.randn(16)]))
+
+
+def test_linear_multi_compile_fullgraph_equals_eager():
+    gen = torch.Generator().manual_seed(2)
+    packed = [lk.pack_ternary(torch.randint(-1, 2, (n, 45), dtype=torch.int8, generator=gen)) for n in (19, 7)]
+    scales = [torch.rand(1, generator=gen) + 0.1 for _ in packed]
+    x = torch.randn(3, 45, generator=gen)
+
+    def fn(a):
+        y0, y1 = lk.ternary_linear_multi(a, packed, scales)
+        return y0.sum(-1) + y1.sum(-1)
+
+    with torch.no_grad():
+        assert torch.equal(torch.compile(fn, fullgraph=True, backend="eager")(x), fn(x))
