@@ -6,7 +6,8 @@ untied head, random N(0, 0.02) weights; embeddings, norms and the head stay bf16
 Both decode through ``transformers``' own ``generate`` (greedy, batch 1), in two modes:
 
 - ``eager``: the default dynamic KV cache, every kernel launched from Python;
-- ``static``: ``cache_implementation="static"``, which transformers compiles (CUDA graphs) on GPU.
+- ``static``: ``cache_implementation="static"``, which transformers compiles (CUDA graphs) on GPU;
+- ``engine``: ``lmops.generate`` (the lmops decode engine, eager step) on both models.
 
 Decode speed = new tokens / (time of generate(n + 1) - time of generate(1)), so prefill and the first
 token are excluded; providers interleaved, median of ROUNDS. Energy per token: NVML's total-energy
@@ -22,7 +23,11 @@ import statistics
 import pytest
 import torch
 
+import time
+
 from e2e_models import build_bf16, build_lmops, generate_seconds, llama_config, weight_bytes
+
+import lmops
 from lmops.bench import nvml
 from lmops_kernels import dispatch
 
@@ -33,7 +38,7 @@ SHAPE_1B = dict(num_hidden_layers=22, num_attention_heads=32, max_position_embed
 NEW_TOKENS = 64
 PROMPT = 16
 ROUNDS = 3
-MODES = {"eager": {}, "static": {"cache_implementation": "static"}}
+MODES = {"eager": {}, "static": {"cache_implementation": "static"}, "engine": {"engine": True}}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +50,17 @@ def models():
     return {"cfg": cfg, "bf16": bf16, "lmops": lmops, "prompt": prompt}
 
 
+@torch.inference_mode()
+def _seconds(model, prompt, n: int, gen_kwargs: dict) -> float:
+    if not gen_kwargs.get("engine"):
+        return generate_seconds(model, prompt, n, **gen_kwargs)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    lmops.generate(model, prompt, max_new_tokens=n, eos_token_id=[])
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def _decode(model, prompt, gen_kwargs: dict) -> tuple[float, float | None]:
     """(tokens/s, joules/token or None) of NEW_TOKENS decode steps."""
     meter = nvml.EnergyMeter() if nvml.unavailable() is None else None
@@ -52,7 +68,7 @@ def _decode(model, prompt, gen_kwargs: dict) -> tuple[float, float | None]:
     for n in (1, NEW_TOKENS + 1):
         if meter is not None:
             meter.start()
-        seconds = generate_seconds(model, prompt, n, **gen_kwargs)
+        seconds = _seconds(model, prompt, n, gen_kwargs)
         runs[n] = (seconds, meter.stop() if meter is not None else None)
     dt = max(runs[NEW_TOKENS + 1][0] - runs[1][0], 1e-9)
     joules = None if meter is None else (runs[NEW_TOKENS + 1][1] - runs[1][1]) / NEW_TOKENS
