@@ -7,7 +7,8 @@ Both decode through ``transformers``' own ``generate`` (greedy, batch 1), in two
 
 - ``eager``: the default dynamic KV cache, every kernel launched from Python;
 - ``static``: ``cache_implementation="static"``, which transformers compiles (CUDA graphs) on GPU;
-- ``engine``: ``lmops.generate`` (the lmops decode engine, eager step) on both models.
+- ``engine``: ``lmops.generate`` (the lmops decode engine, eager step) on both models;
+- ``engine-graph``: ``lmops.generate`` with its decode step captured in a CUDA graph (its default on GPU).
 
 Decode speed = new tokens / (time of generate(n + 1) - time of generate(1)), so prefill and the first
 token are excluded; providers interleaved, median of ROUNDS. Energy per token: NVML's total-energy
@@ -38,7 +39,8 @@ SHAPE_1B = dict(num_hidden_layers=22, num_attention_heads=32, max_position_embed
 NEW_TOKENS = 64
 PROMPT = 16
 ROUNDS = 3
-MODES = {"eager": {}, "static": {"cache_implementation": "static"}, "engine": {"engine": True}}
+MODES = {"eager": {}, "static": {"cache_implementation": "static"}, "engine": {"engine": True, "cuda_graph": False},
+         "engine-graph": {"engine": True, "cuda_graph": True}}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def _seconds(model, prompt, n: int, gen_kwargs: dict) -> float:
         return generate_seconds(model, prompt, n, **gen_kwargs)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    lmops.generate(model, prompt, max_new_tokens=n, eos_token_id=[])
+    lmops.generate(model, prompt, max_new_tokens=n, eos_token_id=[], cuda_graph=gen_kwargs["cuda_graph"])
     torch.cuda.synchronize()
     return time.perf_counter() - t0
 

@@ -28,7 +28,7 @@ Choices:
   keys outside the window instead, so past the window the two agree in value, not to the last bit.
 
 Files: ``families.py`` (which models, where their parts are), ``attention.py`` (masks, SDPA/eager
-attention as transformers calls them), ``step.py`` (cache, forward, compile), ``sampling.py``,
+attention as transformers calls them), ``step.py`` (cache, forward, compile, the CUDA-graph step), ``sampling.py``,
 ``loop.py`` (the decode loop, :func:`generate`), ``loading.py`` (packed checkpoints without float
 weights), ``head.py`` (optional output heads: ``generate(..., head_dtype="bf16")``, the model's 16-bit head
 through lmops's bf16 GEMV; ``head_dtype="int8"``, an int8 per-channel copy; :func:`quantize_head` /
@@ -40,11 +40,12 @@ from .head import Bf16Head, Int8Linear, quantize_head, restore_head
 from .loading import load_packed
 from .loop import GenerationResult, generate, unmirrored_processors
 from .sampling import Sampler
-from .step import DecodeEngine, StaticKVCache, engine_for
+from .step import CudaGraphStep, DecodeEngine, StaticKVCache, engine_for
 
 __all__ = [
     "FAMILIES",
     "Bf16Head",
+    "CudaGraphStep",
     "DecodeEngine",
     "DecoderPlan",
     "GenerationResult",

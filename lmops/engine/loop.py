@@ -21,7 +21,7 @@ from torch import nn
 
 from .sampling import Sampler
 from .threads import ThreadTuner
-from .step import engine_for
+from .step import CudaGraphStep, engine_for
 
 __all__ = ["GenerationResult", "generate", "unmirrored_processors"]
 
@@ -141,6 +141,7 @@ def generate(
     stopping_criteria: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     compile: bool | dict[str, Any] = False,
+    cuda_graph: bool | None = None,
     head_dtype: str | None = None,
     threads: int | str | None = None,
     return_dict: bool = False,
@@ -168,6 +169,10 @@ def generate(
         on_step: ``on_step(step, scores, tokens)`` after each choice: ``scores`` the raw float32 logits
             ``(B, vocab)`` (a fresh tensor the engine does not reuse), ``tokens`` ``(B,)`` the chosen ids.
         compile: ``torch.compile`` the decode step (True, or a dict of ``torch.compile`` options).
+        cuda_graph: on a CUDA model, capture the decode step once in a CUDA graph and replay it per token
+            (:class:`~lmops.engine.step.CudaGraphStep`); None (default): yes on CUDA unless ``compile`` is
+            set; True on a model that is not on CUDA raises ``ValueError``. If the capture fails, the call
+            warns and decodes eagerly.
         head_dtype: None (default): the model's own output head; ``"bf16"``: the same head computed by
             lmops's bf16 GEMV (:class:`~lmops.engine.head.Bf16Head`: float32 accumulation, the model's bf16
             weight as is, a bf16 copy of a float32 one; logits within float32 summation-order rounding of
@@ -191,6 +196,11 @@ def generate(
                                                       or threads < 1):
         raise ValueError(f"threads: expected None, a positive int or 'auto', got {threads!r}")
     padding = _check_inputs(input_ids, attention_mask, device)
+    if cuda_graph not in (None, True, False):
+        raise ValueError(f"cuda_graph: expected None, True or False, got {cuda_graph!r}")
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph=True: the model is on {device}, CUDA graphs need a CUDA device")
+    use_graph = device.type == "cuda" and (cuda_graph if cuda_graph is not None else not compile)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
     sampler = Sampler(do_sample, float(temperature), top_k, top_p, generator)
@@ -225,7 +235,7 @@ def generate(
         slot_padding = torch.ones((batch, total), dtype=torch.bool, device=device)
         slot_padding[:, :width] = padding
     next_position = positions[:, -1:] + 1
-    cache = engine.new_cache(batch, total - 1)  # the last token is never fed back
+    cache = engine.new_cache(batch, total - 1, zeros=use_graph)  # the last token is never fed back
     step_fn = engine.decode_fn(compile)
     eos_ids = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
     unfinished = torch.ones(batch, dtype=torch.long, device=device)
@@ -240,7 +250,7 @@ def generate(
     try:
         return _decode(engine, out, input_ids, positions, next_position, slot_padding, cache, step_fn, sampler,
                        eos_ids, pad_token_id, unfinished, streamer, on_step, stopping_criteria, sync, tuner,
-                       width, total, device, return_dict)
+                       width, total, device, return_dict, use_graph)
     finally:
         if tuner is not None:
             tuner.close()
@@ -250,8 +260,11 @@ def generate(
 
 def _decode(engine, out, input_ids, positions, next_position, slot_padding, cache, step_fn, sampler, eos_ids,
             pad_token_id, unfinished, streamer, on_step, stopping_criteria, sync, tuner, width, total, device,
-            return_dict):
-    """Prefill, then the decode steps (each timed by ``tuner`` when it is given)."""
+            return_dict, use_graph=False):
+    """Prefill, then the decode steps (each timed by ``tuner`` when it is given; replayed from a CUDA
+    graph when ``use_graph``)."""
+    graph_step = None
+    may_finish = eos_ids is not None or stopping_criteria is not None
     if streamer is not None:
         streamer.put(input_ids.cpu())
     sync()
@@ -279,12 +292,22 @@ def _decode(engine, out, input_ids, positions, next_position, slot_padding, cach
         if t1 is None:
             sync()
             t1 = time.perf_counter()
-        if cur == total or int(unfinished.max()) == 0:
+        # (reading `unfinished` synchronizes a GPU: only when something can finish a row)
+        if cur == total or (may_finish and int(unfinished.max()) == 0):
             break
+        if use_graph and graph_step is None:
+            try:
+                graph_step = CudaGraphStep(engine, cache, slot_padding)
+            except RuntimeError as err:  # an op of this model cannot be captured: decode eagerly
+                warnings.warn(f"lmops.generate: CUDA graph capture failed ({err}); decoding without it", stacklevel=3)
+                use_graph = False
         if tuner is not None:
             tuner.begin()
-        logits = step_fn(cache.keys, cache.values, tokens[:, None], next_position, cur - 1,
-                         engine.masks(slot_padding, cur - 1, 1))
+        if graph_step is not None:
+            logits = graph_step(tokens[:, None], next_position, cur - 1)
+        else:
+            logits = step_fn(cache.keys, cache.values, tokens[:, None], next_position, cur - 1,
+                             engine.masks(slot_padding, cur - 1, 1))
         if tuner is not None:
             tuner.end()
         next_position = next_position + 1

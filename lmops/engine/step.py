@@ -25,7 +25,7 @@ from .attention import additive, causal_mask, eager_attention, sdpa_attention, s
 from .families import DecoderPlan, LayerParts, UnsupportedModelError, build_plan
 from .head import head_for
 
-__all__ = ["DecodeEngine", "StaticKVCache", "engine_for"]
+__all__ = ["CudaGraphStep", "DecodeEngine", "StaticKVCache", "engine_for"]
 
 
 class StaticKVCache:
@@ -34,10 +34,13 @@ class StaticKVCache:
     all rows share slot numbers and padding is handled by the masks."""
 
     def __init__(self, n_layers: int, batch: int, n_kv: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+                 dtype: torch.dtype, device: torch.device, zeros: bool = False) -> None:
+        # zeros: for steps that attend over the whole cache under a mask (CudaGraphStep): a masked
+        # attention weight is 0, and 0 times an uninitialized NaN is still NaN
         shape = (batch, n_kv, max_len, head_dim)
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        make = torch.zeros if zeros else torch.empty
+        self.keys = [make(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.values = [make(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.max_len = max_len
 
     @property
@@ -76,9 +79,9 @@ class DecodeEngine:
         self.lm_head = head_for(self.plan.lm_head, head_dtype, self._heads)
 
     # ------------------------------------------------------------------------------------------
-    def new_cache(self, batch: int, max_len: int) -> StaticKVCache:
+    def new_cache(self, batch: int, max_len: int, zeros: bool = False) -> StaticKVCache:
         p = self.plan
-        return StaticKVCache(len(p.layers), batch, p.n_kv, max_len, p.head_dim, self.dtype, self.device)
+        return StaticKVCache(len(p.layers), batch, p.n_kv, max_len, p.head_dim, self.dtype, self.device, zeros)
 
     def masks(self, padding: torch.Tensor | None, start: int, length: int) -> list[torch.Tensor | None]:
         """The masks of a forward over cache slots ``start .. start + length - 1`` (one per distinct
@@ -123,6 +126,58 @@ class DecodeEngine:
             x = p.ffn_sub_norm(x)
         return residual + p.proj.mlp_down(x)
 
+    def _layer_at_slot(self, p: LayerParts, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`_layer` for one token at the cache slot held by the tensor ``slot`` ``(1,)``: the cache
+        write is an ``index_copy_`` and attention covers the whole cache under ``mask``, so no shape or
+        Python number depends on the step (what a CUDA graph needs)."""
+        b, t, _ = h.shape
+        residual = h
+        x = p.input_norm(h)
+        q, k, v = p.proj.qkv(x)
+        q = q.view(b, t, -1, p.head_dim).transpose(1, 2)
+        k = k.view(b, t, -1, p.head_dim).transpose(1, 2)
+        v = v.view(b, t, -1, p.head_dim).transpose(1, 2)
+        q, k = self.plan.apply_rope(q, k, cos, sin)
+        keys.index_copy_(2, slot, k)
+        values.index_copy_(2, slot, v)
+        if self.eager:
+            a = eager_attention(q, keys, values, mask, p.n_rep, p.scaling)
+        else:
+            a = sdpa_attention(q, keys, values, mask, p.n_rep, p.scaling, self._gqa)
+        if p.attn_sub_norm is not None:
+            a = p.attn_sub_norm(a)
+        h = residual + p.proj.out(a)
+        residual = h
+        x = p.post_norm(h)
+        gate, up = p.proj.gate_up(x)
+        x = p.act(gate) * up
+        if p.ffn_sub_norm is not None:
+            x = p.ffn_sub_norm(x)
+        return residual + p.proj.mlp_down(x)
+
+    def forward_at_slot(self, keys: list[torch.Tensor], values: list[torch.Tensor], ids: torch.Tensor,
+                        positions: torch.Tensor, slot: torch.Tensor, padding: torch.Tensor,
+                        slots: torch.Tensor) -> torch.Tensor:
+        """One decode step with every step-dependent input a tensor (see :class:`CudaGraphStep`).
+
+        ``ids``, ``positions``: ``(B, 1)`` int64; ``slot``: ``(1,)`` int64, the cache slot written and
+        the last one attended; ``padding``: ``(B, max_len)`` bool (True = a real token); ``slots``:
+        ``arange(max_len)``. Returns the logits ``(B, 1, vocab)``."""
+        p = self.plan
+        h = p.embed(ids)
+        cos, sin = p.rotary(h, positions)
+        allowed = padding & (slots <= slot)
+        masks = []
+        for window in self.windows:
+            m = allowed if window is None else allowed & (slots > slot - window)
+            m = m[:, None, None, :]
+            masks.append(additive(m, self.dtype) if self.eager else m)
+        for i, layer in enumerate(p.layers):
+            h = self._layer_at_slot(layer, h, cos, sin, keys[i], values[i], slot, masks[self._mask_slot[i]])
+        return self.lm_head(p.norm(h))
+
     def forward(self, keys: list[torch.Tensor], values: list[torch.Tensor], ids: torch.Tensor,
                 positions: torch.Tensor, start: int, masks: list[torch.Tensor | None]) -> torch.Tensor:
         """Run ``ids`` ``(B, T)`` at cache slots ``start .. start + T - 1``, writing their keys and
@@ -150,6 +205,60 @@ class DecodeEngine:
         if fn is None:
             fn = self._compiled[key] = torch.compile(self.forward, **options)
         return fn
+
+
+class CudaGraphStep:
+    """The decode step of one :func:`~lmops.engine.loop.generate` call on a CUDA device, captured once in
+    a CUDA graph and replayed per token, so a step costs one graph launch instead of a kernel launch per
+    op from Python (on a GPU a small model's eager decode is bound by those launches).
+
+    The captured function is :meth:`DecodeEngine.forward_at_slot`: the token, its position and its cache
+    slot are copied into static tensors before each replay; attention covers the whole cache under a
+    mask (slots past the current one and padding masked), which gives what attention over the filled
+    slots gives, up to the summation order of the attention kernel. Capture needs every op of the step
+    to be capturable (no host synchronization): lmops's CUDA/Triton kernels, cuBLAS and SDPA are.
+
+    Args:
+        engine: the model's :class:`DecodeEngine`.
+        cache: the call's :class:`StaticKVCache`, made with ``zeros=True`` (its prompt slots filled by
+            the prefill).
+        padding: ``(B, >= max_len)`` bool slot padding, or None (no padding).
+    """
+
+    def __init__(self, engine: DecodeEngine, cache: StaticKVCache, padding: torch.Tensor | None) -> None:
+        device = engine.device
+        batch, length = cache.keys[0].shape[0], cache.max_len
+        self.engine, self.cache = engine, cache
+        self.ids = torch.zeros((batch, 1), dtype=torch.long, device=device)
+        self.positions = torch.zeros((batch, 1), dtype=torch.long, device=device)
+        # warm-up and capture write their (garbage) keys at the last slot, which the last decode step
+        # overwrites before any step attends it
+        self.slot = torch.full((1,), length - 1, dtype=torch.long, device=device)
+        self.padding = (padding[:, :length].clone() if padding is not None
+                        else torch.ones((batch, length), dtype=torch.bool, device=device))
+        self.slots = torch.arange(length, device=device)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):  # warm-up: lazy inits, cuBLAS workspaces, Triton autotuning
+            for _ in range(2):
+                self._run()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._run()
+
+    def _run(self) -> torch.Tensor:
+        return self.engine.forward_at_slot(self.cache.keys, self.cache.values, self.ids, self.positions, self.slot,
+                                           self.padding, self.slots)
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, slot: int) -> torch.Tensor:
+        """Logits ``(B, 1, vocab)`` of ``ids`` ``(B, 1)`` at ``positions`` ``(B, 1)`` written at cache slot
+        ``slot``. The tensor is the graph's output buffer: the next call overwrites it."""
+        self.ids.copy_(ids)
+        self.positions.copy_(positions)
+        self.slot.fill_(slot)
+        self.graph.replay()
+        return self.logits
 
 
 def _signature(model: nn.Module, plan: DecoderPlan) -> tuple:
