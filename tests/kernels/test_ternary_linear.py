@@ -271,6 +271,8 @@ def _opcheck_cases():
         "ternary_linear": (x.requires_grad_(), packed, torch.tensor(0.02), torch.randn(13, generator=gen).requires_grad_()),
         "convert_layout": (packed, "tiled", "planes"),
         "ternary_linear_backward": (random_activations((5, 13), torch.float32, gen), packed, torch.tensor(0.02), 33, "tiled"),
+        "ternary_linear_multi": (random_activations((2, 3, 33), torch.bfloat16, gen), [packed, packed[:5]],
+                                 [torch.tensor(0.02), torch.tensor([0.5])], [None, torch.randn(5, generator=gen)], "tiled"),
     }
 
 
