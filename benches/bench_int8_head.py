@@ -1,5 +1,6 @@
-"""The output head at decode: lmops ``int8_linear`` (int8 per-channel weights, W8A8) against ``F.linear``
-in bfloat16 and float32, and the 672M model's decode with either head.
+"""The output head at decode: lmops ``int8_linear`` (int8 per-channel weights, W8A8) and lmops
+``bf16_linear`` (the same bf16 weights as ``F.linear``, float32 accumulation) against ``F.linear`` in
+bfloat16 and float32, and the 672M model's decode with either head.
 
 - ``test_head_gemv``: one head GEMV, N=32000 (vocab) x K=2048 (hidden), M=1, at 1 and 2 threads; each
   provider's weight copies rotated past 4x the L3 (so every call streams its weights from memory, as in
@@ -31,8 +32,8 @@ from lmops.bench import cpu as bench
 from lmops_kernels import reference as ref
 
 VOCAB, HIDDEN = 32000, 2048
-HEAD_PROVIDERS = ("bf16", "fp32", "int8")
-LABELS = {"bf16": "F.linear bf16", "fp32": "F.linear fp32", "int8": "lmops int8_linear"}
+HEAD_PROVIDERS = ("bf16", "fp32", "bf16gemv", "int8")
+LABELS = {"bf16": "F.linear bf16", "fp32": "F.linear fp32", "bf16gemv": "lmops bf16_linear", "int8": "lmops int8_linear"}
 
 
 def _rotated(t: torch.Tensor) -> list[torch.Tensor]:
@@ -48,6 +49,10 @@ def prepare_head(provider: str, w: torch.Tensor, x: torch.Tensor) -> bench.Prepa
         sets = _rotated(w.to(dtype))
         xd = x.to(dtype)
         return bench.Prepared(lambda i: F.linear(xd, sets[i % len(sets)]), len(sets), sets[0].numel() * sets[0].element_size())
+    if provider == "bf16gemv":
+        sets = _rotated(w.to(torch.bfloat16))
+        xb = x.to(torch.bfloat16)
+        return bench.Prepared(lambda i: lk.bf16_linear(xb, sets[i % len(sets)]), len(sets), 2 * w.numel())
     if provider == "int8":
         q, scale = lk.quantize_weight_int8(w)
         sets = _rotated(q)
@@ -68,6 +73,10 @@ def head_table(threads: int) -> dict:
         xb = x.to(torch.bfloat16)
         if not torch.equal(lk.int8_linear(xb, q, scale), ref.int8_linear(xb, q, scale)):
             raise AssertionError("int8_linear differs from the plain-torch reference at 32000x2048")
+        wb = w.to(torch.bfloat16)
+        got, want = lk.bf16_linear(xb, wb).float(), ref.bf16_linear(xb, wb).float()
+        if not bool(((got - want).abs() <= 2.0**-7 * want.abs() + 1e-6).all()):  # within bf16 rounding
+            raise AssertionError("bf16_linear differs from the plain-torch reference at 32000x2048")
         calls = {p: prepare_head(p, w, x) for p in HEAD_PROVIDERS}
         with torch.inference_mode():
             med, repeats = bench.time_interleaved(calls, quick=False)
