@@ -33,6 +33,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def threads_arg(text: str) -> int | str:
+    """``--threads``: a positive int, or ``auto`` (the decode engine chooses by timing its steps)."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .args import Fail, positive_float, positive_int, require_transformers
+from .args import Fail, positive_float, positive_int, require_transformers, threads_arg
 
 __all__ = ["add_parser", "run"]
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a local model directory with its tokenizer")
     p.add_argument("--prompt", required=True, help="the text to continue")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most (default 64)")
-    p.add_argument("--threads", type=_threads, default=None,
+    p.add_argument("--threads", type=threads_arg, default=None,
                    help="torch threads, or 'auto': chosen while decoding by timing the steps (default: torch's)")
     p.add_argument("--head-dtype", choices=("model", "bf16", "int8"), default="model",
                    help="the output head: the model's own through torch (default), the same 16-bit head through "
@@ -39,10 +39,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow first call)")
     p.set_defaults(func=run)
     return p
-
-
-def _threads(text: str) -> int | str:
-    return "auto" if text == "auto" else positive_int(text)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .args import Fail, positive_int, require_transformers
+from .args import Fail, positive_int, require_transformers, threads_arg
 
 __all__ = ["add_parser", "run"]
 
@@ -29,7 +29,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the directory name)")
     p.add_argument("--dtype", choices=_DTYPES, default="float32", help="dtype of the model's float tensors")
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per batch (default 8)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=threads_arg, default=None,
+                   help="torch threads, or 'auto': chosen while decoding by timing the steps (default: torch's)")
+    p.add_argument("--head-dtype", choices=("model", "bf16", "int8"), default="model",
+                   help="the output head the decode engine uses: the model's own (default), the same 16-bit head "
+                        "through lmops's bf16 GEMV, or an int8 per-channel copy (see lmops.generate)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow first request)")
     p.add_argument("--chat-template", default=None, metavar="FILE",
                    help="a Jinja chat template file, for a tokenizer without one")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible sampled answers)")
@@ -55,11 +60,16 @@ def run(args: argparse.Namespace) -> int:
         raise Fail(f"MODEL_DIR: {args.model_dir} is not a model directory (no config.json)")
     if not 0 < args.port < 65536:
         raise Fail(f"--port: expected 1-65535, got {args.port}")
-    if args.threads:
+    if isinstance(args.threads, int):
         torch.set_num_threads(args.threads)
+    options = {"threads": "auto"} if args.threads == "auto" else {}
+    if args.head_dtype != "model":
+        options["head_dtype"] = args.head_dtype
+    if args.compile:
+        options["compile"] = True
     try:
         llm = HFLocal.from_pretrained(root, dtype=getattr(torch, args.dtype), batch_size=args.batch_size,
-                                      name=args.model_name, seed=args.seed)
+                                      name=args.model_name, seed=args.seed, engine_options=options)
     except (FileNotFoundError, ValueError) as exc:
         raise Fail(f"MODEL_DIR: {exc}") from None
     if args.chat_template:

@@ -107,7 +107,14 @@ class HFLocal:
         chat_template: conversation -> prompt, for a tokenizer without a chat template (otherwise
             ``tokenizer.apply_chat_template`` is used).
         max_length: the longest prompt + completion (default: the model's ``max_position_embeddings``).
+        engine_options: keyword arguments for :func:`lmops.generate` where the engine runs the model:
+            ``compile``, ``head_dtype`` (``"bf16"`` or ``"int8"``: faster heads; log-probabilities then
+            come from that head), ``threads`` (``"auto"`` on a shared machine), ``cuda_graph``. Default:
+            none (the engine's defaults: the model's own head, tokens as ``model.generate``).
     """
+
+    #: the lmops.generate options engine_options may set
+    ENGINE_OPTIONS = ("compile", "cuda_graph", "head_dtype", "threads")
 
     def __init__(
         self,
@@ -119,6 +126,7 @@ class HFLocal:
         seed: int | None = None,
         chat_template: Callable[[list[Message]], str] | None = None,
         max_length: int | None = None,
+        engine_options: dict[str, Any] | None = None,
     ) -> None:
         if not callable(getattr(model, "generate", None)):
             raise TypeError(f"model: expected a transformers causal LM with generate(), got {type(model).__name__}")
@@ -128,6 +136,12 @@ class HFLocal:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed: expected an int or None, got {seed!r}")
+        if engine_options is not None and not isinstance(engine_options, dict):
+            raise TypeError(f"engine_options: expected a dict or None, got {type(engine_options).__name__}")
+        unknown = sorted(set(engine_options or {}) - set(self.ENGINE_OPTIONS))
+        if unknown:
+            raise ValueError(f"engine_options: unknown option(s) {unknown}; expected some of {list(self.ENGINE_OPTIONS)}")
+        self.engine_options = dict(engine_options or {})
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -332,7 +346,7 @@ class HFLocal:
             temperature=float(temperature) if sample else 1.0, top_p=float(top_p) if sample and top_p < 1 else None,
             eos_token_id=self.eos_ids, pad_token_id=self.pad_id, streamer=streamer,
             stopping_criteria=_StopStrings(self.tokenizer, stops, ids.shape[1]) if stops else None,
-            on_step=lambda step, scores, tokens: scored.add(scores, tokens),
+            on_step=lambda step, scores, tokens: scored.add(scores, tokens), **self.engine_options,
         )
         return sequences, scored
 

@@ -157,3 +157,32 @@ def test_a_reslora_adapted_model_is_served_as_is():
     (lp, n), = llm.loglikelihood(["The cat"], [" sat"])
     ref, m = reference_loglikelihood(model, tok, "The cat", " sat")
     assert n == m and math.isclose(lp, ref, rel_tol=1e-5)
+
+
+def test_engine_options_reach_the_engine(lm, monkeypatch):
+    """engine_options go to lmops.generate as they are: an int8 head gives the engine's own int8-head
+    tokens (not model.generate's float-head ones, where the two differ), and bad options are refused."""
+    import lmops.engine as engine_pkg
+    from lmops.engine import supports
+
+    model, tok = lm
+    if not supports(model):
+        pytest.skip("the tiny model is not an engine family")
+    seen = []
+    real = engine_pkg.generate
+
+    def spy(*args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in HFLocal.ENGINE_OPTIONS if k in kwargs})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_pkg, "generate", spy)
+    llm = HFLocal(model, tok, engine_options={"head_dtype": "int8", "threads": 1})
+    (text,), = llm.generate(["The cat"], max_new_tokens=6)
+    assert seen == [{"head_dtype": "int8", "threads": 1}]
+    ids = torch.tensor([llm.encode("The cat")])
+    want = real(model, ids, max_new_tokens=6, head_dtype="int8", eos_token_id=llm.eos_ids, pad_token_id=llm.pad_id)
+    assert text == tok.decode(want[0, ids.shape[1]:], skip_special_tokens=True)
+    with pytest.raises(ValueError, match=r"^engine_options: unknown option\(s\) \['temperature'\]"):
+        HFLocal(model, tok, engine_options={"temperature": 0.5})
+    with pytest.raises(TypeError, match=r"^engine_options: expected a dict or None, got list"):
+        HFLocal(model, tok, engine_options=["compile"])

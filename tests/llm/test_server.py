@@ -243,3 +243,19 @@ def test_serve_rejects_a_missing_directory(tmp_path, capsys):
 
     assert main(["serve", str(tmp_path / "none")]) == 2
     assert "MODEL_DIR" in capsys.readouterr().err
+
+
+def test_serve_engine_flags_reach_the_backend(tmp_path, monkeypatch):
+    """--threads auto, --head-dtype and --compile become HFLocal's engine_options (the server itself is
+    not started here)."""
+    import lmops.llm.server as server
+    from lmops.cli import main
+
+    path = save_tiny_lm(tmp_path / "plain")
+    got = {}
+    monkeypatch.setattr(server, "serve", lambda llm, **kwargs: got.setdefault("llm", llm))
+    assert main(["serve", str(path), "--threads", "auto", "--head-dtype", "int8", "--compile"]) == 0
+    assert got["llm"].engine_options == {"threads": "auto", "head_dtype": "int8", "compile": True}
+    got.clear()
+    assert main(["serve", str(path)]) == 0
+    assert got["llm"].engine_options == {}
