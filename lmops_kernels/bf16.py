@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 
 from .checks import FLOAT_ACTIVATIONS as _FLOAT_ACTIVATIONS
+from .checks import check_bias as _check_bias
+from .checks import check_no_grad as _check_no_grad
 from .checks import check_same_device as _check_same_device
 from .checks import check_tensor as _check_tensor
 
@@ -58,16 +60,8 @@ def _check_bf16_linear(x, weight, bias) -> None:
         raise ValueError(f"weight: expected shape (out_features, {k}) for x of shape {tuple(x.shape)}, "
                          f"got {tuple(weight.shape)}")
     _check_same_device("x", x, "weight", weight)
-    if bias is not None:
-        _check_tensor("bias", bias)
-        if bias.shape != (weight.shape[0],) or not bias.is_floating_point():
-            raise ValueError(
-                f"bias: expected a floating tensor of shape ({weight.shape[0]},), got {bias.dtype} {tuple(bias.shape)}"
-            )
-        _check_same_device("x", x, "bias", bias)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
-        raise RuntimeError("bf16_linear is inference-only (no gradient): call it under torch.no_grad()")
+    _check_bias(bias, weight.shape[0], x)
+    _check_no_grad("bf16_linear", x, bias, weight)
 
 
 _bf16_linear_op = torch.ops.lmops.bf16_linear.default

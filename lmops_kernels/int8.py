@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 
 from .checks import FLOAT_ACTIVATIONS as _FLOAT_ACTIVATIONS
+from .checks import check_bias as _check_bias
+from .checks import check_no_grad as _check_no_grad
 from .checks import check_same_device as _check_same_device
 from .checks import check_tensor as _check_tensor
 from .reference.int8 import quantize_weight_int8 as _quantize_weight_int8
@@ -101,15 +103,8 @@ def _check_int8_linear(x, weight, weight_scale, bias) -> None:
         raise ValueError(f"weight_scale: expected float32 of shape ({weight.shape[0]},), "
                          f"got {weight_scale.dtype} {tuple(weight_scale.shape)}")
     _check_same_device("x", x, "weight_scale", weight_scale)
-    if bias is not None:
-        _check_tensor("bias", bias)
-        if bias.shape != (weight.shape[0],) or not bias.is_floating_point():
-            raise ValueError(
-                f"bias: expected a floating tensor of shape ({weight.shape[0]},), got {bias.dtype} {tuple(bias.shape)}"
-            )
-        _check_same_device("x", x, "bias", bias)
-    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
-        raise RuntimeError("int8_linear is inference-only (no gradient): call it under torch.no_grad()")
+    _check_bias(bias, weight.shape[0], x)
+    _check_no_grad("int8_linear", x, bias)
 
 
 _int8_linear_op = torch.ops.lmops.int8_linear.default

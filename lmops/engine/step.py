@@ -96,35 +96,45 @@ class DecodeEngine:
         return out
 
     # ------------------------------------------------------------------------------------------
-    def _layer(self, p: LayerParts, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
-               values: torch.Tensor, start: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def _qkv(self, p: LayerParts, h: torch.Tensor, cos: torch.Tensor,
+             sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layer's input norm, q/k/v projections and rotary embedding: ``(B, heads|kv_heads, T, D)``."""
         b, t, _ = h.shape
-        end = start + t
-        residual = h
-        x = p.input_norm(h)
-        q, k, v = p.proj.qkv(x)
+        q, k, v = p.proj.qkv(p.input_norm(h))
         q = q.view(b, t, -1, p.head_dim).transpose(1, 2)
         k = k.view(b, t, -1, p.head_dim).transpose(1, 2)
         v = v.view(b, t, -1, p.head_dim).transpose(1, 2)
         q, k = self.plan.apply_rope(q, k, cos, sin)
+        return q, k, v
+
+    def _attend(self, p: LayerParts, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        if self.eager:
+            return eager_attention(q, k, v, mask, p.n_rep, p.scaling)
+        return sdpa_attention(q, k, v, mask, p.n_rep, p.scaling, self._gqa)
+
+    @staticmethod
+    def _rest(p: LayerParts, residual: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """From the attention output ``a`` ``(B, T, heads * D)`` to the layer's output: sub-norm, o_proj,
+        residual, post norm, gated MLP, residual."""
+        if p.attn_sub_norm is not None:
+            a = p.attn_sub_norm(a)
+        h = residual + p.proj.out(a)
+        gate, up = p.proj.gate_up(p.post_norm(h))
+        x = p.act(gate) * up
+        if p.ffn_sub_norm is not None:
+            x = p.ffn_sub_norm(x)
+        return h + p.proj.mlp_down(x)
+
+    def _layer(self, p: LayerParts, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
+               values: torch.Tensor, start: int, mask: torch.Tensor | None) -> torch.Tensor:
+        end = start + h.shape[1]
+        q, k, v = self._qkv(p, h, cos, sin)
         keys[:, :, start:end].copy_(k)
         values[:, :, start:end].copy_(v)
         if start > 0:  # decode: attend over the cache
             k, v = keys[:, :, :end], values[:, :, :end]
-        if self.eager:
-            a = eager_attention(q, k, v, mask, p.n_rep, p.scaling)
-        else:
-            a = sdpa_attention(q, k, v, mask, p.n_rep, p.scaling, self._gqa)
-        if p.attn_sub_norm is not None:
-            a = p.attn_sub_norm(a)
-        h = residual + p.proj.out(a)
-        residual = h
-        x = p.post_norm(h)
-        gate, up = p.proj.gate_up(x)
-        x = p.act(gate) * up
-        if p.ffn_sub_norm is not None:
-            x = p.ffn_sub_norm(x)
-        return residual + p.proj.mlp_down(x)
+        return self._rest(p, h, self._attend(p, q, k, v, mask))
 
     def _layer_at_slot(self, p: LayerParts, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor,
@@ -132,30 +142,10 @@ class DecodeEngine:
         """:meth:`_layer` for one token at the cache slot held by the tensor ``slot`` ``(1,)``: the cache
         write is an ``index_copy_`` and attention covers the whole cache under ``mask``, so no shape or
         Python number depends on the step (what a CUDA graph needs)."""
-        b, t, _ = h.shape
-        residual = h
-        x = p.input_norm(h)
-        q, k, v = p.proj.qkv(x)
-        q = q.view(b, t, -1, p.head_dim).transpose(1, 2)
-        k = k.view(b, t, -1, p.head_dim).transpose(1, 2)
-        v = v.view(b, t, -1, p.head_dim).transpose(1, 2)
-        q, k = self.plan.apply_rope(q, k, cos, sin)
+        q, k, v = self._qkv(p, h, cos, sin)
         keys.index_copy_(2, slot, k)
         values.index_copy_(2, slot, v)
-        if self.eager:
-            a = eager_attention(q, keys, values, mask, p.n_rep, p.scaling)
-        else:
-            a = sdpa_attention(q, keys, values, mask, p.n_rep, p.scaling, self._gqa)
-        if p.attn_sub_norm is not None:
-            a = p.attn_sub_norm(a)
-        h = residual + p.proj.out(a)
-        residual = h
-        x = p.post_norm(h)
-        gate, up = p.proj.gate_up(x)
-        x = p.act(gate) * up
-        if p.ffn_sub_norm is not None:
-            x = p.ffn_sub_norm(x)
-        return residual + p.proj.mlp_down(x)
+        return self._rest(p, h, self._attend(p, q, keys, values, mask))
 
     def forward_at_slot(self, keys: list[torch.Tensor], values: list[torch.Tensor], ids: torch.Tensor,
                         positions: torch.Tensor, slot: torch.Tensor, padding: torch.Tensor,

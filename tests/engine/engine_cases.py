@@ -31,6 +31,16 @@ def padded_batch(seed: int, batch: int = 3, width: int = 11) -> tuple[torch.Tens
     return ids.masked_fill(mask == 0, 0), mask
 
 
+def generate_with_scores(model, ids, mask, n: int, **kwargs):
+    """``lmops.generate`` greedy (pad id 0) and the raw float32 logits of every step, as a list."""
+    from lmops.engine import generate
+
+    scores = []
+    seq = generate(model, ids, attention_mask=mask, max_new_tokens=n, pad_token_id=0,
+                   on_step=lambda step, s, t: scores.append(s), **kwargs)
+    return seq, scores
+
+
 def reference(model, ids, mask, max_new_tokens: int, **kwargs):
     """``model.generate`` greedy (unless kwargs say otherwise), pad id 0, with per-step logits."""
     kwargs.setdefault("do_sample", False)

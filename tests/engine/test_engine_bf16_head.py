@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine_cases import family_model, padded_batch, reference
+from engine_cases import family_model, generate_with_scores as _generate, padded_batch, reference
 from lmops.engine import engine_for, generate
 from lmops.engine.head import Bf16Head
 from tiny_models import random_ids
@@ -20,13 +20,6 @@ from tiny_models import random_ids
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NEW = 16
-
-
-def _generate(model, ids, mask, n, **kwargs):
-    scores = []
-    seq = generate(model, ids, attention_mask=mask, max_new_tokens=n, pad_token_id=0,
-                   on_step=lambda step, s, t: scores.append(s), **kwargs)
-    return seq, scores
 
 
 def _bound(hidden: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -16,20 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine_cases import family_model, padded_batch, reference
+from engine_cases import family_model, generate_with_scores as _generate, padded_batch, reference
 from lmops.engine import Int8Linear, generate, quantize_head, restore_head
 from tiny_models import random_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NEW = 16
-
-
-def _generate(model, ids, mask, n, **kwargs):
-    scores = []
-    seq = generate(model, ids, attention_mask=mask, max_new_tokens=n, pad_token_id=0,
-                   on_step=lambda step, s, t: scores.append(s), **kwargs)
-    return seq, scores
 
 
 @pytest.mark.parametrize("arch, packed, dtype", [
