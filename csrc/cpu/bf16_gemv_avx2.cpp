@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include "bf16_gemv_args.h"
+#include "row_tiles.h"
 
 namespace lmops {
 namespace cpu {
@@ -62,14 +63,7 @@ void bf16_gemv_avx2(const Bf16GemvArgs& a, int64_t m_begin, int64_t m_end, int64
   for (int64_t n = n_begin; n < n_end; ++n) {
     const uint16_t* w = a.w + n * a.K;
     float* out = a.out + n;
-    int64_t m = m_begin;
-    for (; m + 4 <= m_end; m += 4) row_dot<4>(a, m, w, out);
-    switch (m_end - m) {
-      case 3: row_dot<3>(a, m, w, out); break;
-      case 2: row_dot<2>(a, m, w, out); break;
-      case 1: row_dot<1>(a, m, w, out); break;
-      default: break;
-    }
+    for_row_tiles(m_begin, m_end, [&](auto tile, int64_t m) { row_dot<decltype(tile)::rows>(a, m, w, out); });
   }
 }
 

@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include "int8_gemv_args.h"
+#include "row_tiles.h"
 
 namespace {
 
@@ -62,16 +63,8 @@ namespace lmops {
 namespace cpu {
 
 void int8_gemv_avx2(const Int8GemvArgs& a, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    int64_t m = m_begin;
-    for (; m + 4 <= m_end; m += 4) row_kernel<4>(a, m, n);
-    switch (m_end - m) {
-      case 3: row_kernel<3>(a, m, n); break;
-      case 2: row_kernel<2>(a, m, n); break;
-      case 1: row_kernel<1>(a, m, n); break;
-      default: break;
-    }
-  }
+  for (int64_t n = n_begin; n < n_end; ++n)
+    for_row_tiles(m_begin, m_end, [&](auto tile, int64_t m) { row_kernel<decltype(tile)::rows>(a, m, n); });
 }
 
 }  // namespace cpu

@@ -311,24 +311,14 @@ std::vector<at::Tensor> ternary_linear_multi(const at::Tensor& x, const std::vec
     gamma.push_back(weight_scale[i].to(at::kFloat).item<float>());
     b.push_back(!bias.empty() && bias[i] && bias[i]->defined() ? &*bias[i] : nullptr);
   }
-  if (M == 0) return ys;
-  // zero-width matrices take no part (their outputs are empty already)
-  std::vector<at::Tensor> p2, y2;
-  std::vector<float> g2;
-  std::vector<const at::Tensor*> b2;
-  for (size_t i = 0; i < packed.size(); ++i) {
-    if (packed[i].size(0) == 0) continue;
-    p2.push_back(packed[i]);
-    y2.push_back(ys[i]);
-    g2.push_back(gamma[i]);
-    b2.push_back(b[i]);
-  }
-  if (p2.empty()) return ys;
+  // nothing to compute (a zero-width matrix simply has no units of work in run_gemm)
+  if (M == 0 || std::all_of(packed.begin(), packed.end(), [](const at::Tensor& p) { return p.size(0) == 0; }))
+    return ys;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "ternary_linear", [&] {
     if constexpr (std::is_same_v<scalar_t, double>) {
       TORCH_CHECK_TYPE(false, "x: float64 is not supported by the CPU kernel");
     } else {
-      linear_impl<scalar_t>(isa, x, p2, g2, b2, y2);
+      linear_impl<scalar_t>(isa, x, packed, gamma, b, ys);
     }
   });
   return ys;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 __all__ = [
     "EXIT_USAGE",
@@ -31,6 +32,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def report_skipped(path: object, bad: list[tuple[int, str]], shown: int = 5) -> None:
+    """Print, on stderr, the first ``shown`` malformed lines a reader skipped (``(line, reason)`` pairs)
+    and how many there were in all."""
+    for line, reason in bad[:shown]:
+        print(f"{path}:{line}: skipped ({reason})", file=sys.stderr)
+    if bad:
+        print(f"{path}: {len(bad)} malformed line(s) skipped", file=sys.stderr)
 
 
 def threads_arg(text: str) -> int | str:

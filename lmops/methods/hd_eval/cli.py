@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from ...cli.args import Fail, fraction_below_one, positive_int
+from ...cli.args import Fail, fraction_below_one, positive_int, report_skipped
 
 __all__ = ["add_parser", "run"]
 
@@ -50,10 +49,7 @@ def _records(path: str):
         records, bad = read_records(path)
     except FileNotFoundError:
         raise Fail(f"--data: {path} does not exist") from None
-    for line, reason in bad[:5]:
-        print(f"{path}:{line}: skipped ({reason})", file=sys.stderr)
-    if len(bad) > 5:
-        print(f"{path}: {len(bad) - 5} more malformed lines skipped", file=sys.stderr)
+    report_skipped(path, bad)
     if not records:
         raise Fail(f"--data: {path} holds no record with a 'sample'")
     return records

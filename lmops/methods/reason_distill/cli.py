@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ...cli.args import (
@@ -22,6 +21,7 @@ from ...cli.args import (
     non_negative_int,
     positive_float,
     positive_int,
+    report_skipped,
     require_transformers,
 )
 
@@ -44,10 +44,7 @@ def _read_questions(path: str, flag: str):
         questions, bad = read_questions(path)
     except (OSError, ValueError) as exc:
         raise Fail(f"{flag}: {exc}") from None
-    for line, reason in bad[:5]:
-        print(f"{path}:{line}: skipped ({reason})", file=sys.stderr)
-    if bad:
-        print(f"{path}: {len(bad)} malformed line(s) skipped", file=sys.stderr)
+    report_skipped(path, bad)
     if not questions:
         raise Fail(f"{flag}: {path} holds no valid question (expected JSONL with 'question' and 'answer')")
     return questions

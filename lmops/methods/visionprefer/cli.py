@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from ...cli.args import Fail, fraction_below_one, positive_float, positive_int
+from ...cli.args import Fail, fraction_below_one, positive_float, positive_int, report_skipped
 
 __all__ = ["EXAMPLES", "add_parser", "run"]
 
@@ -36,10 +35,7 @@ def _records(path: str):
         records, bad = read_records(path)
     except FileNotFoundError:
         raise Fail(f"--data: {path} does not exist") from None
-    for line, reason in bad[:5]:
-        print(f"{path}:{line}: skipped ({reason})", file=sys.stderr)
-    if len(bad) > 5:
-        print(f"{path}: {len(bad) - 5} more malformed lines skipped", file=sys.stderr)
+    report_skipped(path, bad)
     if not records:
         raise Fail(f"--data: {path} holds no valid prompt record")
     return records
@@ -83,8 +79,7 @@ def run_annotate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "annotations.jsonl"
     report = annotate(records, _judge(args), log, config, progress=not args.quiet)
-    for line, reason in report.malformed_log_lines[:5]:
-        print(f"{log}:{line}: skipped ({reason})", file=sys.stderr)
+    report_skipped(log, report.malformed_log_lines)
     annotated = merge_annotations(records, log)
     write_records(out / "annotated.jsonl", annotated)
     print(json.dumps(report.to_dict(), indent=1))
